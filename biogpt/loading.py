@@ -1,0 +1,426 @@
+"""Checkpoint I/O: `from_pretrained` and `save_pretrained` for every BioGPT class.
+
+Loading never materialises random weights first: the model is built on the meta device, then each tensor is read
+from the (memory-mapped) checkpoint, cast, moved to its device and assigned in place. Quantization plugs into that
+loop (see `quantization.py`) so a layer is quantized as soon as its weight arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from .configuration import BioGptConfig
+from .errors import CheckpointError, ConfigError, DeviceError
+from .hub import ProgressCallback, list_files, resolve_file
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PT_WEIGHTS = "pytorch_model.bin"
+PT_INDEX = "pytorch_model.bin.index.json"
+_HEAD_PREFIXES = ("output_projection.", "classifier.", "score.")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+           "float": torch.float32}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dtype and device rules
+# ----------------------------------------------------------------------------------------------------------------
+def parse_dtype(value: Union[str, torch.dtype, None]) -> Union[torch.dtype, str, None]:
+    """torch.dtype, its name ('float16', 'bf16', 'torch.float16'), 'auto' or None."""
+    if value is None or isinstance(value, torch.dtype) or value == "auto":
+        return value
+    name = str(value).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ConfigError(f"torch_dtype must be 'auto', a torch dtype or one of {', '.join(_DTYPES)}; got {value!r}.")
+    return _DTYPES[name]
+
+
+def parse_device(value: Union[str, int, torch.device]) -> torch.device:
+    """A torch.device that exists on this machine, or a `DeviceError` that says why not."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        value = f"cuda:{int(value)}"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{value!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or a GPU index.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"CUDA was requested ({value!r}) but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False). Use device='cpu' (or device_map='auto', which picks the CPU)."
+            )
+        index = device.index if device.index is not None else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"{value!r} was requested but this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"{value!r} was requested but the Apple MPS backend is not available on this machine.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unsupported device {value!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    return device
+
+
+def cpu_safe_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """float16 on a CPU is slow or unsupported for matmuls: upgrade it to float32, with a warning."""
+    if device.type == "cpu" and dtype == torch.float16:
+        warnings.warn("float16 is slow or unsupported on the CPU: loading in float32 instead "
+                      "(use torch_dtype=torch.bfloat16 to halve the memory on CPU).", stacklevel=3)
+        return torch.float32
+    return dtype
+
+
+def _device_plan(model: nn.Module, device_map: Any, dtype: torch.dtype) -> dict[str, torch.device]:
+    """Module-name prefix -> device. '' covers everything not named more precisely."""
+    if device_map is None:
+        return {"": torch.device("cpu")}
+    if isinstance(device_map, dict):
+        return {prefix: parse_device("cpu" if dev == "disk" else dev) for prefix, dev in device_map.items()}
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        if not torch.cuda.is_available():
+            return {"": torch.device("cpu")}
+        from accelerate import infer_auto_device_map
+
+        plan = infer_auto_device_map(model, no_split_module_classes=["BioGptDecoderLayer"], dtype=dtype)
+        if any(dev == "disk" for dev in plan.values()):
+            warnings.warn("device_map='auto' wanted to offload some layers to disk; they stay on the CPU instead.")
+        return {prefix: parse_device("cpu" if dev == "disk" else dev) for prefix, dev in plan.items()}
+    return {"": parse_device(device_map)}
+
+
+def _device_for(name: str, plan: dict[str, torch.device]) -> torch.device:
+    best = None
+    for prefix in plan:
+        if prefix == "" or name == prefix or name.startswith(prefix + "."):
+            if best is None or len(prefix) > len(best):
+                best = prefix
+    if best is None:
+        raise DeviceError(f"device_map does not place {name!r}; add an entry for it (or '' for the rest).")
+    return plan[best]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+class _CheckpointFiles:
+    """The weight files of a checkpoint and a way to read its tensors one at a time."""
+
+    def __init__(self, paths: list[Path], safetensors: bool):
+        self.paths = paths
+        self.safetensors = safetensors
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for path in self.paths:
+            if self.safetensors:
+                yield from _read_safetensors(path)
+            else:
+                yield from _read_pickle(path).items()
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            names = list(handle.keys())
+            for name in names:
+                yield name, handle.get_tensor(name)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}). "
+                              "Delete it and download the checkpoint again.") from None
+    except OSError as exc:
+        raise CheckpointError(f"Could not read {path}: {exc}.") from None
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # mmap keeps big checkpoints out of RAM; only the zip format (torch >= 1.6) supports it.
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        needs = f"it imports {found.group(1)}" if found else str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"Refusing to load {path.name}: it is a pickle that needs more than tensors to load ({needs}). "
+            "Unpickling it could run arbitrary code, so only weights-only pickles and safetensors are loaded. "
+            "Convert the checkpoint to safetensors with a tool you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {exc}).") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
+    return state
+
+
+def find_weights(source: Union[str, os.PathLike], **hub: Any) -> _CheckpointFiles:
+    """Locate the weights: single or sharded safetensors first, then weights-only pickles."""
+    text = os.path.expanduser(str(source))
+    if Path(text).is_file():
+        if text.endswith(".safetensors"):
+            return _CheckpointFiles([Path(text)], safetensors=True)
+        if text.endswith((".bin", ".pt", ".pth")):
+            return _CheckpointFiles([Path(text)], safetensors=False)
+        raise CheckpointError(f"{text} is neither a .safetensors nor a .bin weights file.")
+    local = list_files(source, **{k: hub[k] for k in ("revision", "local_files_only", "cache_dir", "token") if k in hub})
+    for name, index, safe in ((SAFE_WEIGHTS, SAFE_INDEX, True), (PT_WEIGHTS, PT_INDEX, False)):
+        if local is None or name in local:
+            path = resolve_file(source, name, required=False, **hub)
+            if path is not None:
+                return _CheckpointFiles([path], safetensors=safe)
+        if local is None or index in local:
+            path = resolve_file(source, index, required=False, **hub)
+            if path is not None:
+                return _CheckpointFiles(_shards(source, path, hub), safetensors=safe)
+    where = f"{str(source)!r}" + (f" (it holds: {', '.join(local) or 'nothing'})" if local is not None else "")
+    raise CheckpointError(f"No weights found in {where}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} "
+                          f"or {PT_INDEX}.")
+
+
+def _shards(source, index_path: Path, hub: dict) -> list[Path]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_path} is not a valid shard index ({exc!r}).") from None
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise CheckpointError(f"{index_path} names a shard outside the checkpoint: {name!r}.")
+    return [resolve_file(source, name, **hub) for name in names]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# from_pretrained
+# ----------------------------------------------------------------------------------------------------------------
+def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: Optional[BioGptConfig] = None,
+               revision: Optional[str] = None, cache_dir: Optional[Union[str, os.PathLike]] = None,
+               local_files_only: bool = False, token: Optional[str] = None,
+               torch_dtype: Union[str, torch.dtype, None] = None, dtype: Union[str, torch.dtype, None] = None,
+               device_map: Any = None, device: Union[str, int, torch.device, None] = None,
+               attn_implementation: Optional[str] = None, quantization_config: Any = None,
+               ignore_mismatched_sizes: bool = False, trust_remote_code: bool = False,
+               progress: Optional[ProgressCallback] = None, low_cpu_mem_usage: bool = True,
+               use_safetensors: Optional[bool] = None, **config_overrides: Any):
+    """Build `cls` from a checkpoint: Hub repo id, local directory or single weights file.
+
+    torch_dtype: None → float32; 'auto' → the config's torch_dtype, else the checkpoint's; a dtype → that dtype.
+    float16 on the CPU becomes float32 with a warning. device_map: None (CPU), 'auto' (accelerate places layers on
+    the GPUs and spills to the CPU; on a machine without CUDA everything goes to the CPU), a device string/index,
+    or a {module prefix: device} dict. `device=` is accepted as a shorthand for a single device.
+    """
+    if model_args:
+        raise TypeError(f"{cls.__name__}.from_pretrained takes the checkpoint as its only positional argument.")
+    if trust_remote_code:
+        raise CheckpointError("trust_remote_code=True is not supported: the biogpt library never runs code from a "
+                              "checkpoint. BioGPT needs none.")
+    hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    if config is None:
+        config_source = Path(os.path.expanduser(str(source)))
+        config_source = config_source.parent if config_source.is_file() else source
+        config = BioGptConfig.from_pretrained(config_source, **hub, **config_overrides)
+    elif config_overrides:
+        config = BioGptConfig.from_dict({**config.to_dict(), **config_overrides})
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+
+    files = find_weights(source, **hub, progress=progress) if use_safetensors is not False else None
+    if files is None or (use_safetensors and not files.safetensors):
+        raise CheckpointError(f"use_safetensors={use_safetensors} but {source} has no matching weights file.")
+
+    if device is not None and device_map is not None:
+        raise ValueError("Pass either device= or device_map=, not both.")
+    requested = parse_dtype(torch_dtype if torch_dtype is not None else dtype)
+    with torch.device("meta"):
+        model = cls(config)
+    target_dtype = _resolve_dtype(requested, config, files)
+    plan = _device_plan(model, device if device is not None else device_map, target_dtype)
+    target_dtype = cpu_safe_dtype(target_dtype, plan[""] if "" in plan else next(iter(plan.values())))
+
+    quantizer = None
+    if quantization_config is not None:
+        from .quantization import make_quantizer
+
+        quantizer = make_quantizer(quantization_config, target_dtype)
+        quantizer.prepare(model)
+
+    _fill(model, files, plan, target_dtype, quantizer, ignore_mismatched_sizes)
+    model.tie_weights()
+    if quantizer is not None:
+        quantizer.finalize(model)
+    config.torch_dtype = str(target_dtype).replace("torch.", "")
+    model.name_or_path = str(source)
+    model.device_plan = plan
+    model.eval()
+    model._check_backend()
+    return model
+
+
+def _resolve_dtype(requested, config: BioGptConfig, files: _CheckpointFiles) -> torch.dtype:
+    if requested is None:
+        return torch.float32
+    if requested != "auto":
+        return requested
+    if config.torch_dtype:
+        return parse_dtype(config.torch_dtype)
+    for _, tensor in files.tensors():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _expected_names(model: nn.Module) -> dict[str, torch.Size]:
+    return {name: p.shape for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+def _map_key(name: str, model: nn.Module) -> str:
+    """Checkpoint key -> this model's parameter name (base checkpoints lack 'biogpt.', heads have it)."""
+    prefix = getattr(model, "base_model_prefix", "biogpt") + "."
+    has_base = hasattr(model, "biogpt")
+    if has_base and not name.startswith(prefix) and not name.startswith(_HEAD_PREFIXES):
+        return prefix + name
+    if not has_base and name.startswith(prefix):
+        return name[len(prefix):]
+    return name
+
+
+def _fill(model: nn.Module, files: _CheckpointFiles, plan: dict, dtype: torch.dtype, quantizer,
+          ignore_mismatched_sizes: bool) -> None:
+    expected = _expected_names(model)
+    tied = set(getattr(model, "tied_weights", {}))
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for key, tensor in files.tensors():
+        name = _map_key(key, model)
+        if name not in expected or name in tied:
+            if name not in tied:
+                unexpected.append(key)
+            continue
+        if tuple(tensor.shape) != tuple(expected[name]):
+            if ignore_mismatched_sizes and name.startswith(_HEAD_PREFIXES):
+                warnings.warn(f"{key}: checkpoint shape {tuple(tensor.shape)} differs from the model's "
+                              f"{tuple(expected[name])}; it is newly initialised (ignore_mismatched_sizes=True).")
+                continue
+            raise CheckpointError(f"Shape mismatch for {key}: the checkpoint has {tuple(tensor.shape)} but the "
+                                  f"config makes {tuple(expected[name])}. Is config.json from the same model?")
+        device = _device_for(name, plan)
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        if quantizer is not None and quantizer.handles(name):
+            quantizer.load(model, name, tensor, device)
+        else:
+            _assign(model, name, tensor.to(device))
+        loaded.add(name)
+    missing = [n for n in expected if n not in loaded and n not in tied]
+    missing_base = [n for n in missing if not n.startswith(_HEAD_PREFIXES)]
+    if missing_base:
+        raise CheckpointError(f"The checkpoint lacks {len(missing_base)} decoder weight(s), e.g. "
+                              f"{', '.join(missing_base[:3])}: it is incomplete or not a BioGPT checkpoint.")
+    if missing:
+        warnings.warn(f"{', '.join(missing)} newly initialised (not in the checkpoint): fine-tune this "
+                      f"{type(model).__name__} before relying on its outputs.")
+        _init_missing(model, missing, plan, dtype, quantizer)
+    if unexpected:
+        logger.info("Ignored checkpoint tensors not used by %s: %s", type(model).__name__, ", ".join(unexpected))
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    setattr(owner, attr, nn.Parameter(tensor.contiguous(), requires_grad=tensor.is_floating_point()))
+
+
+def _init_missing(model: nn.Module, names: list[str], plan: dict, dtype: torch.dtype, quantizer) -> None:
+    std = model.config.initializer_range
+    for name in names:
+        owner = model.get_submodule(name.rpartition(".")[0])
+        shape = _expected_names(model)[name]
+        tensor = torch.zeros(shape, dtype=dtype)
+        if name.endswith("weight") and not isinstance(owner, nn.LayerNorm):
+            tensor.normal_(0.0, std)
+        elif isinstance(owner, nn.LayerNorm):
+            tensor.fill_(1.0 if name.endswith("weight") else 0.0)
+        device = _device_for(name, plan)
+        if quantizer is not None and quantizer.handles(name):
+            quantizer.load(model, name, tensor, device)
+        else:
+            _assign(model, name, tensor.to(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# save_pretrained
+# ----------------------------------------------------------------------------------------------------------------
+def save_model(model: nn.Module, save_directory: Union[str, os.PathLike], *, safe_serialization: bool = True,
+               max_shard_size: Union[int, str, None] = None, **unused: Any) -> None:
+    """Write config.json and the weights (tied head omitted) as transformers' save_pretrained does."""
+    if getattr(model, "is_quantized", False):
+        raise CheckpointError("Saving a 4-bit/8-bit quantized model is not supported: save the original weights "
+                              "instead (load without quantization_config, then call save_pretrained).")
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    config.architectures = [type(model).__name__]
+    config.torch_dtype = str(model.dtype).replace("torch.", "")
+    config.save_pretrained(out)
+    tied = set(getattr(model, "tied_weights", {}))
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
+             if name not in tied}
+    shards = _split_shards(state, _parse_size(max_shard_size))
+    single = SAFE_WEIGHTS if safe_serialization else PT_WEIGHTS
+    if len(shards) == 1:
+        _write_weights(shards[0], out / single, safe_serialization)
+        return
+    stem, ext = single.rsplit(".", 1)
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}"
+        _write_weights(shard, out / name, safe_serialization)
+        weight_map.update({key: name for key in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / (SAFE_INDEX if safe_serialization else PT_INDEX)).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_weights(state: dict[str, torch.Tensor], path: Path, safe: bool) -> None:
+    if safe:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(state, str(path))
+
+
+def _parse_size(size: Union[int, str, None]) -> Optional[int]:
+    if size is None or isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                         ("KB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def _split_shards(state: dict[str, torch.Tensor], limit: Optional[int]) -> list[dict[str, torch.Tensor]]:
+    if limit is None:
+        return [state]
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards

@@ -1,0 +1,662 @@
+"""BioGPT in one file: a pre-LayerNorm GPT-2-style decoder with learned positions, and its three task heads.
+
+Parameter names follow the Hub checkpoints (`biogpt.layers.N.self_attn.q_proj`, ...), so `state_dict()` keys are
+those of `microsoft/biogpt` and of transformers' BioGpt classes.
+
+Reading order: `KVCache` (what incremental decoding keeps), `BioGptAttention`, `BioGptDecoderLayer`,
+`BioGptModel` (embeddings + layers), then the heads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration import BioGptConfig
+from .errors import ConfigError, DeviceError
+
+# The checkpoints were trained with fairseq's LayerNorm eps; the reference ignores config.layer_norm_eps.
+LAYER_NORM_EPS = 1e-5
+# BioGPT (like fairseq) reserves the first two rows of the position table; position p reads row p + 2.
+POSITION_OFFSET = 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs: dataclasses that also index like tuples and dicts, as transformers' ModelOutput does.
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class ModelOutput:
+    def _present(self) -> list[tuple[str, Any]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: Union[int, str, slice]) -> Any:
+        if isinstance(key, str):
+            return dict(self._present())[key]
+        return self.to_tuple()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(name for name, _ in self._present())
+
+    def keys(self) -> list[str]:
+        return [name for name, _ in self._present()]
+
+    def to_tuple(self) -> tuple:
+        return tuple(value for _, value in self._present())
+
+
+@dataclass
+class BaseModelOutputWithPast(ModelOutput):
+    last_hidden_state: Optional[torch.Tensor] = None
+    past_key_values: Optional["KVCache"] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+
+
+@dataclass
+class CausalLMOutputWithPast(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    past_key_values: Optional["KVCache"] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+
+
+@dataclass
+class TokenClassifierOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+
+
+@dataclass
+class SequenceClassifierOutputWithPast(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    past_key_values: Optional["KVCache"] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of every layer in preallocated buffers of shape (batch, heads, capacity, head_dim).
+
+    Each forward writes its new positions in place at `[length : length + t]` and attends over the view
+    `[:length + t]`, so decoding never concatenates the whole cache. When `capacity` is too small the buffers grow
+    by doubling (amortised O(1) per token); generation sizes them exactly once (prompt + new tokens).
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: "BioGptPreTrainedModel", batch_size: int, capacity: int) -> "KVCache":
+        """Zeroed buffers for `model`, each on its own layer's device (device_map may spread layers)."""
+        config = model.config
+        shape = (batch_size, config.num_attention_heads, capacity, config.head_dim)
+        devices = [layer.self_attn.out_proj.weight.device for layer in model.base_model.layers]
+        dtype = model.dtype
+        return cls([torch.zeros(shape, dtype=dtype, device=d) for d in devices],
+                   [torch.zeros(shape, dtype=dtype, device=d) for d in devices])
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store `key`/`value` (batch, heads, t, head_dim) after the cached positions; return all keys/values."""
+        end = self.length + key.shape[2]
+        if end > self.keys[layer_idx].shape[2]:
+            self._grow(layer_idx, end)
+        self.keys[layer_idx][:, :, self.length:end] = key
+        self.values[layer_idx][:, :, self.length:end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def _grow(self, layer_idx: int, needed: int) -> None:
+        old_k, old_v = self.keys[layer_idx], self.values[layer_idx]
+        capacity = max(needed, 2 * old_k.shape[2], 16)
+        new_k = old_k.new_zeros(old_k.shape[:2] + (capacity,) + old_k.shape[3:])
+        new_v = old_v.new_zeros(new_k.shape)
+        new_k[:, :, :self.length] = old_k[:, :, :self.length]
+        new_v[:, :, :self.length] = old_v[:, :, :self.length]
+        self.keys[layer_idx], self.values[layer_idx] = new_k, new_v
+
+    def advance(self, num_tokens: int) -> None:
+        """Called once per forward, after every layer has written its `num_tokens` new positions."""
+        self.length += num_tokens
+
+    def reorder(self, batch_indices: torch.Tensor) -> None:
+        """Keep rows `batch_indices` (beam search reorders, finished rows drop out)."""
+        for i in range(len(self.keys)):
+            idx = batch_indices.to(self.keys[i].device)
+            self.keys[i] = self.keys[i].index_select(0, idx)
+            self.values[i] = self.values[i].index_select(0, idx)
+
+    def crop(self, length: int) -> None:
+        """Forget everything after the first `length` positions."""
+        self.length = min(self.length, length)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------
+def _activation(name: str):
+    if name in ("gelu",):
+        return F.gelu  # exact (erf) GELU, as the checkpoints were trained
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "quick_gelu":
+        return lambda x: x * torch.sigmoid(1.702 * x)
+    if name in ("silu", "swish"):
+        return F.silu
+    if name == "relu":
+        return F.relu
+    return torch.tanh
+
+
+def flash_attention_unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why flash_attention_2 cannot run here, or None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash_attention_2 needs the `flash_attn` package, which is not installed (pip install flash-attn)"
+    if device.type != "cuda":
+        return f"flash_attention_2 needs a CUDA device; this model is on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash_attention_2 needs float16 or bfloat16 weights; this model is {str(dtype).replace('torch.', '')}"
+    return None
+
+
+class BioGptAttention(nn.Module):
+    def __init__(self, config: BioGptConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim ** -0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache],
+                head_mask: Optional[torch.Tensor] = None, output_attentions: bool = False
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention."""
+        batch, length, _ = hidden_states.shape
+        split = (batch, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(split).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(split).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(split).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(self.layer_idx, key, value)
+
+        backend = self.config.attn_implementation
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if backend == "eager" or head_mask is not None or output_attentions:
+            if backend != "eager":
+                raise ConfigError(
+                    ("head_mask" if head_mask is not None else "output_attentions=True")
+                    + f" needs attn_implementation='eager' (this model uses {backend!r}); reload it with "
+                    "attn_implementation='eager'."
+                )
+            scores = torch.matmul(query * self.scaling, key.transpose(2, 3))
+            if mask is None:
+                mask = _causal_mask(length, key.shape[2], scores.device)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = F.softmax(scores, dim=-1)
+            if head_mask is not None:
+                weights = weights * head_mask.view(1, -1, 1, 1).to(weights.dtype)
+            attended = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
+        elif backend == "flash_attention_2" and mask is None:
+            from flash_attn import flash_attn_func
+
+            # flash-attn >= 2.1 aligns the causal mask bottom-right, which is what decoding after a cache needs.
+            attended = flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                       dropout_p=dropout, softmax_scale=self.scaling, causal=True).transpose(1, 2)
+        else:
+            # SDPA; flash_attention_2 also comes here for padded batches, whose masks flash_attn_func cannot take.
+            if mask is None and length == key.shape[2]:
+                attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True,
+                                                          scale=self.scaling)
+            else:
+                if mask is None:
+                    mask = _causal_mask(length, key.shape[2], query.device)
+                attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                                          scale=self.scaling)
+        attended = attended.transpose(1, 2).reshape(batch, length, -1)
+        return self.out_proj(attended), weights
+
+
+def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, k) boolean: query i (the last q of k positions) may attend key j <= its own position."""
+    offset = key_length - query_length
+    rows = torch.arange(query_length, device=device).unsqueeze(1) + offset
+    return (torch.arange(key_length, device=device).unsqueeze(0) <= rows).view(1, 1, query_length, key_length)
+
+
+def build_attention_mask(attention_mask: Optional[torch.Tensor], query_length: int, key_length: int,
+                         device: torch.device) -> Optional[torch.Tensor]:
+    """Combine causality with a (batch, key_length) padding mask into a (batch, 1, q, k) boolean mask.
+
+    Returns None when there is no padding, so the attention can take its fastest causal path. Every query may
+    always attend to itself: a left-pad query would otherwise see no key at all and SDPA would return NaN.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    causal = _causal_mask(query_length, key_length, device)
+    keys = attention_mask[:, None, None, :].to(device=device, dtype=torch.bool)
+    diagonal = torch.zeros(query_length, key_length, dtype=torch.bool, device=device)
+    diagonal[torch.arange(query_length), torch.arange(key_length - query_length, key_length)] = True
+    return (causal & keys) | diagonal
+
+
+class BioGptDecoderLayer(nn.Module):
+    def __init__(self, config: BioGptConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BioGptAttention(config, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
+        self.activation = _activation(config.hidden_act)
+        self.dropout = config.hidden_dropout_prob
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache],
+                head_mask: Optional[torch.Tensor] = None, output_attentions: bool = False
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        attended, weights = self.self_attn(self.self_attn_layer_norm(hidden_states), mask, cache, head_mask,
+                                           output_attentions)
+        hidden_states = hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
+        inner = self.activation(self.fc1(self.final_layer_norm(hidden_states)))
+        inner = self.fc2(F.dropout(inner, p=self.activation_dropout, training=self.training))
+        hidden_states = hidden_states + F.dropout(inner, p=self.dropout, training=self.training)
+        return hidden_states, weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+class BioGptPreTrainedModel(nn.Module):
+    """Shared machinery: weight init, loading/saving (see `loading.py`), device/dtype helpers."""
+
+    config_class = BioGptConfig
+    base_model_prefix = "biogpt"
+    # Parameters that are views of others in the checkpoints (omitted on save, re-tied on load).
+    tied_weights = {}  # type: dict[str, str]
+
+    def __init__(self, config: BioGptConfig):
+        super().__init__()
+        self.config = config
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Random initialisation as the reference does (normal(0, initializer_range), zero biases)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        for target, source in self.tied_weights.items():
+            _set_parameter(self, target, self.get_parameter(source))
+
+    @property
+    def base_model(self) -> "BioGptModel":
+        return getattr(self, self.base_model_prefix, self)
+
+    # -- devices and sizes -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the token embeddings."""
+        return self.base_model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: that of the floating-point parameters (LayerNorms stay in it under 4-bit)."""
+        return self.base_model.layer_norm.weight.dtype
+
+    @property
+    def is_quantized(self) -> bool:
+        return getattr(self, "quantization_config", None) is not None
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and buffers): tied weights and 4-bit packed storage counted once."""
+        seen, total = set(), 0
+        tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
+        for tensor in tensors:
+            if tensor.data_ptr() in seen:
+                continue
+            seen.add(tensor.data_ptr())
+            total += tensor.nelement() * tensor.element_size()
+        return total
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    # -- checkpoint I/O (implemented in loading.py so that this file stays about the model) --------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], *model_args: Any,
+                        **kwargs: Any) -> "BioGptPreTrainedModel":
+        """Load a checkpoint: a Hub repo id, a local directory or a single weights file. See `loading.load_model`."""
+        from .loading import load_model
+
+        return load_model(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: BioGptConfig, **kwargs: Any) -> "BioGptPreTrainedModel":
+        if "attn_implementation" in kwargs:
+            config.attn_implementation = kwargs.pop("attn_implementation")
+        model = cls(config)
+        model.init_weights()
+        dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        if dtype is not None:
+            model.to(dtype)
+        return model
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+        """Write config.json + model.safetensors as transformers does (tied head omitted)."""
+        from .loading import save_model
+
+        save_model(self, save_directory, **kwargs)
+
+    def set_attn_implementation(self, backend: str) -> None:
+        self.config.attn_implementation = backend
+
+    def _check_backend(self) -> None:
+        if self.config.attn_implementation == "flash_attention_2":
+            reason = flash_attention_unavailable_reason(self.device, self.dtype)
+            if reason:
+                raise DeviceError(reason + ". Choose attn_implementation='sdpa' or 'eager'.")
+
+
+def _set_parameter(module: nn.Module, dotted_name: str, parameter: nn.Parameter) -> None:
+    owner_name, _, attr = dotted_name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    setattr(owner, attr, parameter)
+
+
+class BioGptModel(BioGptPreTrainedModel):
+    """The decoder: token + position embeddings, `num_hidden_layers` pre-LN blocks, a final LayerNorm."""
+
+    base_model_prefix = "biogpt"
+
+    def __init__(self, config: BioGptConfig):
+        super().__init__(config)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, config.hidden_size)
+        self.layers = nn.ModuleList(BioGptDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
+        self.dropout = config.hidden_dropout_prob
+        self.layerdrop = config.layerdrop
+
+    @property
+    def base_model(self) -> "BioGptModel":
+        return self
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = None,
+                position_ids: Optional[torch.LongTensor] = None, output_attentions: bool = False,
+                output_hidden_states: bool = False, return_dict: bool = True, **unused: Any
+                ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        batch, length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = use_cache and not self.training
+        past = past_key_values.length if past_key_values is not None else 0
+        if past + length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence is {past + length} tokens long but this model has only "
+                f"{self.config.max_position_embeddings} positions (max_position_embeddings): shorten the input."
+            )
+        if attention_mask is not None and attention_mask.shape != (batch, past + length):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                             f"{(batch, past + length)} (cached + new tokens).")
+        if position_ids is None:
+            position_ids = _positions_from_mask(attention_mask, past, length, device)
+        hidden_states = inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET).to(inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+
+        if use_cache and past_key_values is None:
+            past_key_values = KVCache.for_model(self, batch, length)
+        cache = past_key_values if use_cache or past_key_values is not None else None
+        mask = build_attention_mask(attention_mask, length, past + length, device)
+        head_mask = _per_layer_head_mask(head_mask, self.config)
+        self._check_backend()
+
+        all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if self.training and self.layerdrop and torch.rand(()) < self.layerdrop:
+                continue
+            layer_device = layer.fc1.weight.device
+            if hidden_states.device != layer_device:  # device_map placed this layer elsewhere
+                hidden_states = hidden_states.to(layer_device)
+                mask = mask.to(layer_device) if mask is not None else None
+            hidden_states, weights = layer(hidden_states, mask, cache, head_mask[i] if head_mask is not None else None,
+                                           output_attentions)
+            if all_attentions is not None:
+                all_attentions.append(weights)
+        if cache is not None:
+            cache.advance(length)
+        hidden_states = self.layer_norm(hidden_states.to(self.layer_norm.weight.device))
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+        )
+
+
+def _positions_from_mask(attention_mask: Optional[torch.Tensor], past: int, length: int,
+                         device: torch.device) -> torch.Tensor:
+    """Position of each new token = number of real tokens before it, so left padding does not shift positions."""
+    if attention_mask is None:
+        return torch.arange(past, past + length, device=device).unsqueeze(0)
+    mask = attention_mask.to(device=device, dtype=torch.long)
+    positions = mask.cumsum(dim=1) * mask - 1  # pads get -1 (row 1 of the table), as the reference does
+    return positions[:, past:]
+
+
+def _per_layer_head_mask(head_mask: Optional[torch.Tensor], config: BioGptConfig) -> Optional[torch.Tensor]:
+    if head_mask is None:
+        return None
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    if head_mask.dim() == 1 and head_mask.shape[0] == heads:
+        return head_mask.unsqueeze(0).expand(layers, heads)
+    if head_mask.shape == (layers, heads):
+        return head_mask
+    raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}); got {tuple(head_mask.shape)}.")
+
+
+class BioGptForCausalLM(BioGptPreTrainedModel):
+    """The language model: the decoder plus `output_projection`, tied to the token embeddings."""
+
+    tied_weights = {"output_projection.weight": "biogpt.embed_tokens.weight"}
+
+    def __init__(self, config: BioGptConfig):
+        super().__init__(config)
+        self.biogpt = BioGptModel(config)
+        self.output_projection = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.output_projection.weight = self.biogpt.embed_tokens.weight
+        else:
+            self.tied_weights = {}
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.output_projection
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                past_key_values: Optional[KVCache] = None, labels: Optional[torch.LongTensor] = None,
+                use_cache: Optional[bool] = None, position_ids: Optional[torch.LongTensor] = None,
+                output_attentions: bool = False, output_hidden_states: bool = False, return_dict: bool = True,
+                logits_to_keep: int = 0, **unused: Any) -> CausalLMOutputWithPast:
+        """`labels` are the input ids (shifted inside); `logits_to_keep=k` computes logits for the last k only."""
+        out = self.biogpt(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                          inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=use_cache,
+                          position_ids=position_ids, output_attentions=output_attentions,
+                          output_hidden_states=output_hidden_states)
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.output_projection(hidden.to(self.output_projection.weight.device))
+        loss = None
+        if labels is not None:
+            shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def generate(self, input_ids: Optional[torch.LongTensor] = None, **kwargs: Any) -> torch.LongTensor:
+        """Greedy, beam or sampled continuation of `input_ids` (see `biogpt.generation.generate`)."""
+        from .generation import generate
+
+        return generate(self, input_ids=input_ids, **kwargs)
+
+    def stream(self, input_ids: Optional[torch.LongTensor] = None, **kwargs: Any):
+        """Yield text deltas as tokens are produced (see `biogpt.generation.stream_generate`)."""
+        from .generation import stream_generate
+
+        return stream_generate(self, input_ids=input_ids, **kwargs)
+
+
+class BioGptForTokenClassification(BioGptPreTrainedModel):
+    """Per-token labels (NER): dropout then `classifier` over the decoder's hidden states."""
+
+    def __init__(self, config: BioGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.biogpt = BioGptModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                past_key_values: Optional[KVCache] = None, labels: Optional[torch.LongTensor] = None,
+                use_cache: Optional[bool] = None, position_ids: Optional[torch.LongTensor] = None,
+                output_attentions: bool = False, output_hidden_states: bool = False, return_dict: bool = True,
+                **unused: Any) -> TokenClassifierOutput:
+        out = self.biogpt(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                          inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=False,
+                          position_ids=position_ids, output_attentions=output_attentions,
+                          output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            targets = labels.to(logits.device)
+            if attention_mask is not None:  # as the reference: padded positions never count
+                targets = targets.masked_fill(attention_mask.to(logits.device) == 0, -100)
+            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), targets.reshape(-1),
+                                   ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                     attentions=out.attentions)
+
+
+class BioGptForSequenceClassification(BioGptPreTrainedModel):
+    """One label (or several, or a score) per text, read at the last non-pad token by `score`."""
+
+    def __init__(self, config: BioGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.biogpt = BioGptModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+
+    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                past_key_values: Optional[KVCache] = None, labels: Optional[torch.Tensor] = None,
+                use_cache: Optional[bool] = None, position_ids: Optional[torch.LongTensor] = None,
+                output_attentions: bool = False, output_hidden_states: bool = False, return_dict: bool = True,
+                **unused: Any) -> SequenceClassifierOutputWithPast:
+        out = self.biogpt(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                          inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=use_cache,
+                          position_ids=position_ids, output_attentions=output_attentions,
+                          output_hidden_states=output_hidden_states)
+        logits = self.score(out.last_hidden_state)
+        batch = logits.shape[0]
+        if input_ids is not None and self.config.pad_token_id is not None:
+            # The rightmost non-pad token, which works for left and right padding alike.
+            real = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
+            last = (torch.arange(input_ids.shape[1], device=logits.device) * real).argmax(-1)
+        else:
+            last = torch.full((batch,), logits.shape[1] - 1, device=logits.device)
+        pooled = logits[torch.arange(batch, device=logits.device), last]
+        loss = self._loss(pooled, labels) if labels is not None else None
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=out.past_key_values,
+                                                hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        problem = self.config.problem_type
+        if problem is None:  # inferred once, as the reference does, and remembered in the config
+            if self.num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+            self.config.problem_type = problem
+        if problem == "regression":
+            return F.mse_loss(logits.float().squeeze(-1) if self.num_labels == 1 else logits.float(),
+                              labels.float().squeeze(-1) if self.num_labels == 1 else labels.float())
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+MODEL_CLASSES = {
+    "BioGptModel": BioGptModel,
+    "BioGptForCausalLM": BioGptForCausalLM,
+    "BioGptForTokenClassification": BioGptForTokenClassification,
+    "BioGptForSequenceClassification": BioGptForSequenceClassification,
+}
