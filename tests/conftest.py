@@ -17,3 +17,22 @@ def shared_dir() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"../shared is absent ({SHARED}): tests on the real BioGPT vocabulary and corpora need it")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def real_vocab_dir(shared_dir, tmp_path_factory) -> Path:
+    """microsoft/biogpt's vocab.json + merges.txt, made from the original release files by our converter."""
+    from biogpt.bpe import convert_fairseq_vocab
+
+    out = tmp_path_factory.mktemp("biogpt-base-vocab")
+    source = shared_dir / "data/biogpt-vocab/base"
+    convert_fairseq_vocab(source / "dict.txt", source / "bpecodes", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(real_vocab_dir):
+    """The real BioGPT tokenizer (ids of the published checkpoints)."""
+    from biogpt.tokenization import BioGptTokenizer
+
+    return BioGptTokenizer.from_pretrained(real_vocab_dir)

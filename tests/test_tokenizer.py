@@ -60,11 +60,8 @@ def bc5cdr_texts(shared_dir, limit_titles=120, limit_sentences=240) -> list[str]
 
 
 @pytest.fixture(scope="session")
-def base_dir(shared_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("biogpt-base")
-    vocab = shared_dir / "data/biogpt-vocab/base"
-    convert_fairseq_vocab(vocab / "dict.txt", vocab / "bpecodes", out)
-    return out
+def base_dir(real_vocab_dir):
+    return real_vocab_dir
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,400 @@
+"""Named-entity extraction: label schemes, sub-token aggregation, sentence windows, and a spaCy backend.
+
+`aggregate` implements the five strategies of transformers' `TokenClassificationPipeline` (`none`, `simple`,
+`first`, `average`, `max`) on plain token records, extended to BIOES/BILOU tags. `extract_entities` runs a
+`BioGptForTokenClassification` over texts of any length: it splits them into sentences with spaCy, packs the
+sentences into windows that fit the model's positions, and maps every entity back to the original text so
+that `entity["text"] == text[entity["start"]:entity["end"]]` always holds.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+
+Strategy = Literal["none", "simple", "first", "average", "max"]
+STRATEGIES: tuple[str, ...] = ("none", "simple", "first", "average", "max")
+Scheme = Literal["BIOES", "BIO", "plain"]
+
+# Tag prefixes; BILOU's L (last) and U (unit) are BIOES's E and S.
+_PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label schemes
+# ----------------------------------------------------------------------------------------------------------------
+def parse_label(label: str) -> tuple[str, Optional[str]]:
+    """Split a tag into (prefix, entity type): `B-Chemical` -> ("B", "Chemical"), `O` -> ("O", None).
+
+    BILOU prefixes are mapped to BIOES (`L-`->`E`, `U-`->`S`). A label without a known prefix (`Chemical`) is
+    a plain label and reads as a continuation ("I"), as transformers does, so adjacent equal labels merge.
+    """
+    if label == "O":
+        return "O", None
+    head, sep, tail = label.partition("-")
+    if sep and tail and head.upper() in _PREFIXES:
+        return _PREFIXES[head.upper()], tail
+    return "I", label
+
+
+def entity_type(label: str) -> Optional[str]:
+    """The entity type a tag belongs to (`B-Chemical` -> `Chemical`), None for `O`."""
+    return parse_label(label)[1]
+
+
+def detect_scheme(id2label: Mapping[int, str]) -> Scheme:
+    """The tagging scheme of a label set: "BIOES" (any S-/E-/U-/L- tag), "BIO" (B-/I- tags) or "plain"."""
+    prefixes = {label.partition("-")[0].upper() for label in id2label.values()
+                if label != "O" and parse_label(label) != ("I", label)}
+    if prefixes & {"S", "E", "U", "L"}:
+        return "BIOES"
+    if prefixes:
+        return "BIO"
+    return "plain"
+
+
+def entity_types(id2label: Mapping[int, str]) -> list[str]:
+    """The distinct entity types of a label set, in id order."""
+    seen: dict[str, None] = {}
+    for _, label in sorted(id2label.items()):
+        kind = entity_type(label)
+        if kind is not None:
+            seen.setdefault(kind)
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aggregation
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class TokenScores:
+    """One model token: its label probabilities, its character span, and whether it starts a word.
+
+    A token with `is_word_start=False` is a sub-token continuing the previous token's word (the word-level
+    strategies fuse them), as transformers' `is_subword` is the negation. `index` is the token's position in
+    the model input, reported by strategy `none`.
+    """
+
+    scores: Any  # 1-D probabilities over the labels: a tensor or a sequence of floats
+    start: int
+    end: int
+    is_word_start: bool = True
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float64)
+        if self.scores.ndim != 1:
+            raise ValueError(f"TokenScores.scores must be 1-D, got shape {tuple(self.scores.shape)}.")
+
+
+@dataclass
+class _Unit:
+    """A token (strategies none/simple) or a fused word (first/average/max) with its chosen label."""
+
+    label: str
+    score: float
+    start: int
+    end: int
+    index: int
+
+
+def _argmax_unit(scores: torch.Tensor, id2label: Mapping[int, str], start: int, end: int, index: int) -> _Unit:
+    # torch.argmax returns the first maximal index, as numpy's argmax in transformers does.
+    best = int(torch.argmax(scores))
+    return _Unit(id2label[best], float(scores[best]), start, end, index)
+
+
+def _words(tokens: Sequence[TokenScores]) -> list[list[TokenScores]]:
+    groups: list[list[TokenScores]] = []
+    for token in tokens:
+        if token.is_word_start or not groups:
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
+
+
+def _word_unit(word: list[TokenScores], strategy: str, id2label: Mapping[int, str]) -> _Unit:
+    if strategy == "first":
+        scores = word[0].scores
+    elif strategy == "max":
+        # The sub-token with the single most confident label decides (first one on ties, like Python's max).
+        scores = max(word, key=lambda token: float(token.scores.max())).scores
+    else:  # average: mean probabilities over the sub-tokens, then argmax
+        scores = torch.stack([token.scores for token in word]).nanmean(dim=0)
+    return _argmax_unit(scores, id2label, word[0].start, word[-1].end, word[0].index)
+
+
+def _group(units: Sequence[_Unit]) -> list[list[_Unit]]:
+    """Runs of units forming one entity, with BIO/BIOES repair; `O` units are dropped.
+
+    B- and S- always open a new entity; I- and E- continue an open entity of the same type and otherwise open
+    one (an `I-X` after `O` or after `B-Y` starts a new `X`, as transformers' grouping does); E- and S- close it.
+    """
+    groups: list[list[_Unit]] = []
+    open_type: Optional[str] = None  # type of the entity that the next unit may extend
+    for unit in units:
+        prefix, kind = parse_label(unit.label)
+        if prefix == "O":
+            open_type = None
+            continue
+        if prefix in ("B", "S") or kind != open_type:
+            groups.append([unit])
+        else:
+            groups[-1].append(unit)
+        open_type = None if prefix in ("E", "S") else kind
+    return groups
+
+
+def aggregate(tokens: Sequence[TokenScores], id2label: Mapping[int, str], text: str,
+              strategy: Strategy = "simple", threshold: float = 0.0) -> list[dict[str, Any]]:
+    """Turn per-token label probabilities into entities, as transformers' TokenClassificationPipeline does.
+
+    - `none`: every non-`O` token, labelled with its argmax tag (`B-Chemical`) and that tag's probability.
+    - `simple`: argmax per token, then adjacent tokens grouped into entities (see `_group`); the score is the
+      mean of the tokens' scores.
+    - `first` / `average` / `max`: first the sub-tokens of each word agree on one label (that of the first
+      sub-token / of the mean probabilities / of the sub-token with the highest probability), then words are
+      grouped as in `simple`; the score is the mean of the words' scores.
+
+    Entities are dicts `{"text", "label", "score", "start", "end"}` (plus `"index"` for `none`) with `text ==
+    text[start:end]`; those scoring below `threshold`, and those with an empty span, are dropped.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"aggregation_strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    if strategy in ("none", "simple"):
+        units = [_argmax_unit(t.scores, id2label, t.start, t.end, t.index) for t in tokens]
+    else:
+        units = [_word_unit(word, strategy, id2label) for word in _words(tokens)]
+
+    entities: list[dict[str, Any]] = []
+    if strategy == "none":
+        for unit in units:
+            if unit.label != "O" and unit.end > unit.start and unit.score >= threshold:
+                entities.append({"text": text[unit.start:unit.end], "label": unit.label, "score": unit.score,
+                                 "start": unit.start, "end": unit.end, "index": unit.index})
+        return entities
+    for group in _group(units):
+        score = sum(unit.score for unit in group) / len(group)
+        if score < threshold:
+            continue
+        start, end = group[0].start, group[-1].end
+        if end <= start:  # only pieces without a span of their own (e.g. the tail of an `&amp;` escape)
+            continue
+        entities.append({"text": text[start:end], "label": entity_type(group[0].label), "score": score,
+                         "start": start, "end": end})
+    return entities
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sentences and windows
+# ----------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def load_sentencizer(name: Optional[str] = None) -> Any:
+    """A cached spaCy pipeline that sets sentence boundaries: `spacy.blank("en")` + `sentencizer` by default.
+
+    A named pipeline must be installed (`spacy.load(name)`); one without a parser, senter or sentencizer gets
+    a rule-based `sentencizer` added.
+    """
+    import spacy
+
+    if name is None:
+        nlp = spacy.blank("en")
+    else:
+        try:
+            nlp = spacy.load(name)
+        except OSError as exc:  # spaCy's "E050: can't find model" is an OSError
+            raise ConfigError(f"spaCy pipeline {name!r} is not installed (spacy.load failed: {exc}).") from exc
+    if not {"parser", "senter", "sentencizer"} & set(nlp.pipe_names):
+        nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def split_sentences(text: str, sentencizer: Optional[str] = None) -> list[tuple[int, int]]:
+    """Character spans `(start, end)` of the sentences of `text`, without surrounding whitespace."""
+    nlp = load_sentencizer(sentencizer)
+    nlp.max_length = max(nlp.max_length, len(text) + 1)  # sentence splitting only: long texts are fine
+    spans = []
+    for sentence in nlp(text).sents:
+        # spaCy attaches runs of whitespace to sentences; trim them so that spans start and end on text.
+        chunk = text[sentence.start_char:sentence.end_char]
+        stripped = chunk.lstrip()
+        if stripped.strip():
+            start = sentence.start_char + len(chunk) - len(stripped)
+            spans.append((start, start + len(stripped.rstrip())))
+    return spans
+
+
+def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids (with the leading `</s>`) and per-id character spans of one text."""
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text)["input_ids"])
+
+
+def _word_end_flags(tokenizer: Any, input_ids: Sequence[int]) -> list[bool]:
+    """Per token: does it end a word? BioGPT's BPE marks word-final pieces with `</w>`."""
+    return [piece.endswith("</w>") for piece in tokenizer.convert_ids_to_tokens(list(input_ids))]
+
+
+def _split_long_sentence(tokenizer: Any, text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+    """Cut one over-long sentence into chunks of at most `limit` tokens (incl. `</s>`), preferably between words.
+
+    Cut points are token boundaries of the sentence's own tokenization; a chunk whose re-tokenization comes out
+    longer than planned (Moses/BPE can differ at a chunk's edges) is cut shorter.
+    """
+    ids, offsets = _encode(tokenizer, text[start:end])
+    word_end = _word_end_flags(tokenizer, ids)
+    # Token positions that can begin or end a chunk: those with a real span (escape continuations have none).
+    real = [i for i in range(1, len(ids)) if offsets[i][1] > offsets[i][0]]
+    chunks: list[tuple[int, int]] = []
+    position = 0
+    while position < len(real):
+        budget = limit - 1
+        while True:
+            stop = min(position + budget, len(real))
+            if stop < len(real):
+                # End on a word's last piece where possible, so that no word is split between chunks.
+                word_stops = [j for j in range(position + 1, stop + 1) if word_end[real[j] - 1]]
+                stop = word_stops[-1] if word_stops else stop
+            chunk = (start + offsets[real[position]][0], start + offsets[real[stop - 1]][1])
+            count = _count(tokenizer, text[chunk[0]:chunk[1]])
+            if count <= limit or stop - position == 1:
+                break
+            budget = max(1, stop - position - (count - limit))
+        chunks.append(chunk)
+        position = stop
+    return chunks
+
+
+def plan_windows(tokenizer: Any, text: str, max_tokens: int, sentencizer: Optional[str] = None
+                 ) -> list[tuple[int, int]]:
+    """Character spans of windows that each tokenize to at most `max_tokens` tokens (the leading `</s>` included).
+
+    Sentences are packed greedily, in order; a window's length is estimated from its sentences' token counts
+    and then checked on the window's own tokenization (sentences are dropped from its end until it fits). A
+    sentence that alone is too long is split at token boundaries. Windows are disjoint, so no entity can
+    straddle or repeat across two.
+    """
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must leave room for </s> and one token, got {max_tokens}.")
+    sentences = split_sentences(text, sentencizer)
+    counts = [_count(tokenizer, text[a:b]) for a, b in sentences]
+    windows: list[tuple[int, int]] = []
+    i = 0
+    while i < len(sentences):
+        if counts[i] > max_tokens:
+            windows.extend(_split_long_sentence(tokenizer, text, *sentences[i], max_tokens))
+            i += 1
+            continue
+        last, estimate = i, counts[i]
+        while last + 1 < len(sentences) and estimate + counts[last + 1] - 1 <= max_tokens:
+            last += 1
+            estimate += counts[last] - 1  # each sentence's own `</s>` is not repeated inside a window
+        while last > i and _count(tokenizer, text[sentences[i][0]:sentences[last][1]]) > max_tokens:
+            last -= 1
+        windows.append((sentences[i][0], sentences[last][1]))
+        i = last + 1
+    return windows
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (input_ids, attention_mask) tensors."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+def window_tokens(tokenizer: Any, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]],
+                  probabilities: torch.Tensor, shift: int) -> list[TokenScores]:
+    """TokenScores for one window's tokens (the leading `</s>` skipped), offsets shifted by `shift`.
+
+    Words are the tokenizer's words: a new word starts after each `</w>`-final piece.
+    """
+    word_end = _word_end_flags(tokenizer, input_ids)
+    return [TokenScores(probabilities[i], offsets[i][0] + shift, offsets[i][1] + shift,
+                        is_word_start=i == 1 or word_end[i - 1], index=i)
+            for i in range(1, len(input_ids))]
+
+
+@torch.inference_mode()
+def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy: Strategy = "simple",
+                     threshold: float = 0.0, sentencizer: Optional[str] = None,
+                     batch_size: int = 8) -> list[dict[str, Any]]:
+    """Entities found by a token-classification model in `text`, of any length.
+
+    Returns dicts `{"text", "label", "score", "start", "end"}` (plus `"index"` for strategy `none`: the
+    token's position within its window) in text order; `text` is exactly `original[start:end]`.
+    `sentencizer` names an installed spaCy pipeline used to split sentences (default: blank English +
+    rule-based sentencizer); `batch_size` windows go through the model at a time.
+    """
+    if aggregation_strategy not in STRATEGIES:
+        raise ValueError(f"aggregation_strategy must be one of {STRATEGIES}, got {aggregation_strategy!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not text.strip():
+        return []
+    config = model.config
+    windows = plan_windows(tokenizer, text, config.max_position_embeddings, sentencizer)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
+    entities: list[dict[str, Any]] = []
+    for first in range(0, len(windows), batch_size):
+        batch = windows[first:first + batch_size]
+        encoded = [_encode(tokenizer, text[start:end]) for start, end in batch]
+        ids, mask = _pad([ids for ids, _ in encoded], pad_id)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu()
+        for (start, _), (window_ids, offsets), probs in zip(batch, encoded, probabilities):
+            tokens = window_tokens(tokenizer, window_ids, offsets, probs, start)
+            entities.extend(aggregate(tokens, config.id2label, text, aggregation_strategy, threshold))
+    return entities
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# spaCy backend
+# ----------------------------------------------------------------------------------------------------------------
+class SpacyEntityBackend:
+    """Entities from an installed spaCy pipeline with an `ner` component, in `extract_entities`' format.
+
+    spaCy gives no probabilities, so every score is 1.0. `name` is what `spacy.load` accepts (a package name
+    or a directory).
+    """
+
+    def __init__(self, name: str):
+        import spacy
+
+        try:
+            self.nlp = spacy.load(name)
+        except OSError as exc:
+            raise ConfigError(f"spaCy pipeline {name!r} is not installed (spacy.load failed: {exc}).") from exc
+        if "ner" not in self.nlp.pipe_names:
+            raise ConfigError(f"spaCy pipeline {name!r} has no 'ner' component (components: "
+                              f"{self.nlp.pipe_names}); pick a pipeline that recognises entities.")
+        self.name = name
+
+    def __call__(self, text: str) -> list[dict[str, Any]]:
+        if not text.strip():
+            return []
+        return [{"text": ent.text, "label": ent.label_, "score": 1.0, "start": ent.start_char,
+                 "end": ent.end_char} for ent in self.nlp(text).ents]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.nlp.get_pipe("ner").labels)
+
+
+def entities_to_spans(entities: Iterable[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
+    """(start, end, label) triples of entity dicts, the form `metrics.entity_scores` compares."""
+    return [(int(e["start"]), int(e["end"]), str(e["label"])) for e in entities]
