@@ -103,16 +103,22 @@ def _hub_file(repo_id, filename, *, revision, cache_dir, local_files_only, token
         ) from None
     except hub_errors.RevisionNotFoundError:
         raise CheckpointError(f"{repo_id} has no revision {revision!r}.") from None
-    except hub_errors.EntryNotFoundError:
-        if not required:
-            return None
-        raise CheckpointError(f"{repo_id} has no file {filename}.") from None
-    except (hub_errors.LocalEntryNotFoundError, OSError) as exc:
-        # huggingface_hub raises these when the Hub cannot be reached.
-        raise CheckpointError(
-            f"Could not download {repo_id}/{filename}: the Hugging Face Hub is unreachable ({exc.__class__.__name__}) "
-            "and the file is not in the local cache. Check the network, or use a local directory."
-        ) from None
+    except hub_errors.EntryNotFoundError as exc:
+        # LocalEntryNotFoundError (what an unreachable Hub raises) subclasses EntryNotFoundError: tell them apart.
+        if not isinstance(exc, hub_errors.LocalEntryNotFoundError):
+            if not required:
+                return None
+            raise CheckpointError(f"{repo_id} has no file {filename}.") from None
+        raise _unreachable(repo_id, filename, exc) from None
+    except OSError as exc:  # other network failures surface as OSError subclasses
+        raise _unreachable(repo_id, filename, exc) from None
+
+
+def _unreachable(repo_id: str, filename: str, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"Could not download {repo_id}/{filename}: the Hugging Face Hub is unreachable ({exc.__class__.__name__}) "
+        "and the file is not in the local cache. Check the network, or use a local directory."
+    )
 
 
 def _download_with_progress(repo_id: str, filename: str, kwargs: dict, progress: ProgressCallback) -> Path:

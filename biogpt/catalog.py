@@ -1,0 +1,104 @@
+"""The models the app offers by name, and the choice of the default one.
+
+Entries are the published BioGPT checkpoints plus `demo`, the tiny models bundled in `assets/models/` (one per
+task) that let the app run with no network. Any other Hub id or local path typed by a user is loaded as is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import CheckpointError
+
+DEMO = "demo"
+DEFAULT_MODEL = "microsoft/biogpt"
+# Repo root / assets / models: the demos are built there by `make demo` (biogpt.demo).
+DEMO_ROOT = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEMO_DIRS = {"causal-lm": "demo-lm", "token-classification": "demo-ner", "sequence-classification": "demo-classify"}
+_HUB_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    description: str
+    size: str
+    tasks: tuple[str, ...] = ("causal-lm",)
+    defaults: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields a UI should preselect
+
+
+CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in (
+    CatalogEntry("microsoft/biogpt", "BioGPT base: a GPT-2-style model pre-trained on 15M PubMed abstracts.",
+                 "347M parameters"),
+    CatalogEntry("microsoft/BioGPT-Large", "BioGPT-Large: the 1.5B-parameter model pre-trained on PubMed.",
+                 "1.5B parameters", defaults={"quantization": "4bit"}),
+    CatalogEntry("microsoft/BioGPT-Large-PubMedQA", "BioGPT-Large fine-tuned for PubMedQA yes/no/maybe answers.",
+                 "1.5B parameters", defaults={"quantization": "4bit"}),
+    CatalogEntry(DEMO, "Tiny bundled demo models (random-ish weights, for trying the app offline).",
+                 "a few MB", tasks=tuple(DEMO_DIRS), defaults={"dtype": "float32"}),
+)}
+
+
+def demo_path(task: str = "causal-lm") -> Path:
+    """The bundled demo checkpoint for `task`, or a `CheckpointError` saying how to build it."""
+    if task not in DEMO_DIRS:
+        raise CheckpointError(f"There is no bundled demo model for task {task!r} (tasks: {', '.join(DEMO_DIRS)}).")
+    path = DEMO_ROOT / DEMO_DIRS[task]
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"The bundled demo model for {task} is not built ({path} is missing): run `make demo`.")
+    return path
+
+
+def demo_available(task: str = "causal-lm") -> bool:
+    return task in DEMO_DIRS and (DEMO_ROOT / DEMO_DIRS[task] / "config.json").is_file()
+
+
+def is_cached(repo_id: str, cache_dir: Union[str, os.PathLike, None] = None) -> bool:
+    """True when the local Hugging Face cache holds the config and a weights file of `repo_id` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str)
+
+    return cached("config.json") and any(cached(name) for name in (
+        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def hub_unreachable_reason(repo_id: str = DEFAULT_MODEL, timeout: float = _HUB_TIMEOUT_S) -> Optional[str]:
+    """None when the Hub answers for `repo_id` within `timeout` seconds, else why not (bounded, never retries)."""
+    import huggingface_hub
+    from huggingface_hub import constants, errors as hub_errors
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout)
+    except hub_errors.HfHubHTTPError as exc:  # the Hub answered, but not with the repo
+        return f"the Hugging Face Hub refused {repo_id} ({exc.__class__.__name__})"
+    except (hub_errors.HTTPError, OSError) as exc:  # DNS, connection, timeout (httpx errors and OSErrors)
+        return f"the Hugging Face Hub is unreachable ({exc.__class__.__name__})"
+    return None
+
+
+def default_source(requested: Optional[str] = None,
+                   cache_dir: Union[str, os.PathLike, None] = None) -> tuple[str, str]:
+    """(source, human-readable reason) of the model the app starts with.
+
+    `requested` (BIOGPT_MODEL) wins: `demo` forces the bundled demos, any other value is used as is. Otherwise
+    microsoft/biogpt when it is cached or the Hub is reachable, else the bundled demos.
+    """
+    if requested:
+        if requested == DEMO:
+            return DEMO, "bundled demo models (BIOGPT_MODEL=demo)"
+        return requested, f"{requested} (BIOGPT_MODEL)"
+    if is_cached(DEFAULT_MODEL, cache_dir):
+        return DEFAULT_MODEL, f"{DEFAULT_MODEL} (cached)"
+    why_not = hub_unreachable_reason(DEFAULT_MODEL)
+    if why_not is None:
+        return DEFAULT_MODEL, f"{DEFAULT_MODEL} (downloaded from the Hugging Face Hub on first use)"
+    if why_not == "HF_HUB_OFFLINE is set":
+        return DEMO, f"bundled demo models: HF_HUB_OFFLINE is set and {DEFAULT_MODEL} is not cached"
+    return DEMO, f"bundled demo models: {why_not}"
