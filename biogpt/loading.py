@@ -263,6 +263,12 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
     model.device_plan = plan
     model.eval()
     model._check_backend()
+    if hasattr(model, "generate"):  # causal LMs honour the checkpoint's generation_config.json
+        from .generation import GENERATION_CONFIG_NAME, GenerationConfig
+
+        generation_file = resolve_file(source, GENERATION_CONFIG_NAME, **hub, required=False)
+        model.generation_config = (GenerationConfig.from_pretrained(generation_file) if generation_file
+                                   else GenerationConfig.from_model_config(config))
     return model
 
 

@@ -36,3 +36,14 @@ def real_tokenizer(real_vocab_dir):
     from biogpt.tokenization import BioGptTokenizer
 
     return BioGptTokenizer.from_pretrained(real_vocab_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run tiny models, dominated by thread start-up costs: one thread is ~20x faster on a busy 2-core box."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,81 @@
+"""The `biogpt` command: `biogpt run` streams continuations of prompts, `biogpt finetune` trains a task head.
+
+    echo "Ibuprofen is best used for" | python -m biogpt run --task text-generation --model microsoft/biogpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .errors import BioGptError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biogpt", description="BioGPT from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,finetune}")
+    run = commands.add_parser("run", help="stream the continuation of each prompt (stdin lines or --prompt)")
+    run.add_argument("--task", default="text-generation", choices=["text-generation"])
+    run.add_argument("--model", required=True, help="Hub id (e.g. microsoft/biogpt) or local checkpoint directory")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or a GPU index (default: cpu)")
+    run.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or auto")
+    run.add_argument("--prompt", default=None, help="the prompt (default: one prompt per line of stdin)")
+    run.add_argument("--max-new-tokens", type=int, default=None)
+    run.add_argument("--max-length", type=int, default=None)
+    run.add_argument("--do-sample", action="store_true")
+    run.add_argument("--temperature", type=float, default=None)
+    run.add_argument("--top-k", type=int, default=None)
+    run.add_argument("--top-p", type=float, default=None)
+    run.add_argument("--num-beams", type=int, default=None)
+    run.add_argument("--seed", type=int, default=None)
+    # Listed for --help only: main() hands everything after `finetune` to the fine-tuning module unparsed.
+    commands.add_parser("finetune", help="fine-tune a checkpoint (arguments: biogpt finetune --help)", add_help=False)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import pipeline
+
+    generator = pipeline(args.task, model=args.model, device=args.device, torch_dtype=args.dtype)
+    prompts = [args.prompt] if args.prompt is not None else [line.rstrip("\n") for line in sys.stdin]
+    options = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)
+    if args.do_sample:
+        options["do_sample"] = True
+    for prompt in prompts:
+        for delta in generator.stream(prompt, **options):
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()  # show each piece as soon as it is final
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _finetune(argv: list[str]) -> int:
+    try:
+        finetune = importlib.import_module("biogpt.tasks.finetune")
+    except ModuleNotFoundError as error:
+        if error.name != "biogpt.tasks.finetune":
+            raise
+        print("biogpt: error: fine-tuning is not available in this installation (biogpt.tasks.finetune is "
+              "missing).", file=sys.stderr)
+        return 1
+    return int(finetune.main(argv) or 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "finetune":
+        return _finetune(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BioGptError as error:  # device, checkpoint and parameter problems: one line, no traceback
+        print(f"biogpt: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""stream_generate(): deltas that concatenate to the decoded continuation on the real BioGPT vocabulary, are never
+contradicted later, stop promptly (close, stop_event, stop strings) and free the cache."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+import weakref
+
+import pytest
+import torch
+
+import biogpt
+from biogpt.errors import GenerationParameterError
+from biogpt.generation import (StreamDelta, _stable_prefix_end, continuation_text, generate, stream_generate)
+
+WORDS = ["Ibuprofen", "is", "best", "used", "for", "the", "treatment", "of", "COVID-19", "anti-inflammatory",
+         "patients", "(", ")", ".", ",", ";", ":", "\"", "'", "'s", "n't", "-", "--", "%", "5", "3.5", "IL-6", "p53",
+         "[", "]", "mg/kg", "&", "<", "e.g.", "vs.", "Ibupro", "acetylsal", "“", "”", "α", "β-catenin", "?", "!"]
+
+
+@pytest.fixture(scope="session")
+def real_vocab(shared_dir, tmp_path_factory):
+    """vocab.json + merges.txt of microsoft/biogpt, converted from the fairseq release files in ../shared."""
+    from biogpt.bpe import convert_fairseq_vocab
+
+    out = tmp_path_factory.mktemp("biogpt-vocab")
+    base = shared_dir / "data" / "biogpt-vocab" / "base"
+    convert_fairseq_vocab(base / "dict.txt", base / "bpecodes", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(real_vocab):
+    return biogpt.BioGptTokenizer.from_pretrained(real_vocab)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random model over the real 42,384-token vocabulary, initialised wide so that samples vary."""
+    torch.manual_seed(0)
+    config = biogpt.BioGptConfig(vocab_size=42384, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=24, max_position_embeddings=96, initializer_range=0.3)
+    return biogpt.BioGptForCausalLM.from_config(config).eval()
+
+
+def _random_prompt(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 8)))
+
+
+def _collect(deltas) -> tuple[str, list[int], list[StreamDelta]]:
+    deltas = list(deltas)
+    return "".join(d.text for d in deltas), [t for d in deltas for t in d.token_ids], deltas
+
+
+def test_deltas_concatenate_to_the_decoded_continuation(model, tokenizer):
+    rng = random.Random(0)
+    for i in range(100):
+        prompt = _random_prompt(rng)
+        prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        kwargs = dict(max_new_tokens=rng.randint(1, 14), do_sample=True, temperature=1.5, seed=i)
+        text, ids, deltas = _collect(stream_generate(model, tokenizer, prompt, **kwargs))
+        expected_ids = generate(model, prompt_ids, **kwargs)[0, prompt_ids.shape[1]:].tolist()
+        assert ids == expected_ids
+        assert text == continuation_text(tokenizer, prompt_ids[0].tolist(), ids), (prompt, ids)
+        assert [d.finished for d in deltas] == [False] * (len(deltas) - 1) + [True]
+        assert deltas[-1].finish_reason in ("length", "eos")
+        # No delta is contradicted by the text of any later (shorter or longer) state of the sequence.
+        emitted = ""
+        for j, delta in enumerate(deltas):
+            emitted += delta.text
+            later = continuation_text(tokenizer, prompt_ids[0].tolist(), ids[:j + 1])
+            assert later.startswith(emitted), (prompt, ids[:j + 1], emitted, later)
+
+
+def test_stable_prefix_is_never_contradicted_on_punctuation_heavy_text(tokenizer):
+    """The hold-back rule on token sequences built from quotes, brackets, hyphens, contractions, numbers."""
+    rng = random.Random(1)
+    pool = tokenizer(" ".join(WORDS * 2))["input_ids"][1:]
+    for _ in range(200):
+        prompt_ids = tokenizer(_random_prompt(rng))["input_ids"]
+        generated = [rng.choice(pool) for _ in range(rng.randint(1, 16))]
+        stables = [continuation_text(tokenizer, prompt_ids, generated[:_stable_prefix_end(tokenizer, generated[:k])])
+                   for k in range(1, len(generated) + 1)]
+        for k, stable in enumerate(stables):
+            for later_k in range(k, len(generated)):
+                later = continuation_text(tokenizer, prompt_ids, generated[:later_k + 1])
+                assert later.startswith(stable), (prompt_ids, generated[:later_k + 1], stable, later)
+
+
+def test_tokens_stream_one_by_one_with_their_probabilities(model, tokenizer):
+    deltas = list(stream_generate(model, tokenizer, "Ibuprofen is best used for", max_new_tokens=6,
+                                  repetition_penalty=1.3))
+    assert [len(d.token_ids) for d in deltas] == [1] * 6
+    prompt_ids = tokenizer("Ibuprofen is best used for")["input_ids"]
+    ids = prompt_ids + [d.token_ids[0] for d in deltas]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    for k, delta in enumerate(deltas):
+        scores = logits[len(prompt_ids) - 1 + k].clone()
+        seen = torch.tensor(sorted(set(ids[:len(prompt_ids) + k])))
+        picked = scores[seen]
+        scores[seen] = torch.where(picked < 0, picked * 1.3, picked / 1.3)
+        assert delta.probs[0] == pytest.approx(float(scores.softmax(-1)[delta.token_ids[0]]), rel=1e-4)
+
+
+def _count_forwards(model, monkeypatch) -> list[int]:
+    calls = []
+    original = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return calls
+
+
+def _track_caches(monkeypatch) -> list:
+    from biogpt import generation
+
+    refs = []
+    original = generation.KVCache.for_model
+
+    def tracked(cls, m, batch, capacity):
+        cache = original(m, batch, capacity)
+        refs.append(weakref.ref(cache))
+        return cache
+
+    monkeypatch.setattr(generation.KVCache, "for_model", classmethod(tracked))
+    return refs
+
+
+def test_closing_the_stream_stops_decoding_and_frees_the_cache(model, tokenizer, monkeypatch):
+    calls = _count_forwards(model, monkeypatch)
+    caches = _track_caches(monkeypatch)
+    stream = stream_generate(model, tokenizer, "Ibuprofen is", max_new_tokens=50, eos_token_id=[])
+    assert calls == []  # nothing runs before the first delta is asked for
+    for count, _ in enumerate(stream, start=1):
+        if count == 3:
+            break
+    stream.close()
+    assert len(calls) == 3  # prefill + 2 single-token steps: no step after the consumer stopped
+    gc.collect()
+    assert len(caches) == 1 and caches[0]() is None
+
+
+def test_stop_event_cancels_within_one_step(model, tokenizer, monkeypatch):
+    calls = _count_forwards(model, monkeypatch)
+    caches = _track_caches(monkeypatch)
+    stop = threading.Event()
+    deltas = []
+    prompt = "Ibuprofen is"
+    for delta in stream_generate(model, tokenizer, prompt, stop_event=stop, max_new_tokens=50, eos_token_id=[]):
+        deltas.append(delta)
+        if len(deltas) == 4:
+            stop.set()
+    assert len(deltas) == 5 and deltas[-1].finished and deltas[-1].finish_reason == "cancelled"
+    assert deltas[-1].token_ids == [] and len(calls) == 4
+    ids = [t for d in deltas for t in d.token_ids]
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    assert "".join(d.text for d in deltas) == continuation_text(tokenizer, prompt_ids, ids)
+    gc.collect()
+    assert caches[0]() is None
+
+
+def test_stop_strings_end_generation_after_the_first_occurrence(model, tokenizer):
+    prompt = "The patients were"
+    full, ids, _ = _collect(stream_generate(model, tokenizer, prompt, max_new_tokens=20, do_sample=True, seed=7,
+                                            eos_token_id=[]))
+    words = full.split()
+    stop = words[min(3, len(words) - 1)][:3]
+    cut = full.find(stop) + len(stop)
+    text, stopped_ids, deltas = _collect(stream_generate(model, tokenizer, prompt, max_new_tokens=20, do_sample=True,
+                                                         seed=7, eos_token_id=[], stop_strings=["@@never@@", stop]))
+    assert text == full[:cut] and text.endswith(stop)
+    assert deltas[-1].finish_reason == "stop_string"
+    assert stopped_ids == ids[:len(stopped_ids)] and len(stopped_ids) < len(ids)
+
+
+def test_finish_reasons_eos_and_length(model, tokenizer):
+    _, ids, deltas = _collect(stream_generate(model, tokenizer, "Aspirin", max_new_tokens=5))
+    assert deltas[-1].finish_reason == "length" and len(ids) == 5
+    _, ids2, deltas2 = _collect(stream_generate(model, tokenizer, "Aspirin", max_new_tokens=5,
+                                                eos_token_id=[ids[2]]))
+    assert deltas2[-1].finish_reason == "eos" and ids2 == ids[:ids.index(ids[2]) + 1]
+
+
+def test_beam_search_streams_once(model, tokenizer):
+    prompt_ids = tokenizer("Aspirin is", return_tensors="pt")["input_ids"]
+    deltas = list(stream_generate(model, tokenizer, input_ids=prompt_ids, num_beams=3, max_new_tokens=6))
+    assert len(deltas) == 1 and deltas[0].finished
+    expected = generate(model, prompt_ids, num_beams=3, max_new_tokens=6)[0, prompt_ids.shape[1]:].tolist()
+    assert deltas[0].token_ids == expected and len(deltas[0].probs) == len(expected)
+    assert deltas[0].text == continuation_text(tokenizer, prompt_ids[0].tolist(), expected)
+
+
+def test_empty_prompt_and_truncation(model, tokenizer):
+    _, ids, deltas = _collect(stream_generate(model, tokenizer, "", max_new_tokens=3))
+    assert ids == generate(model, torch.tensor([[2]]), max_new_tokens=3)[0, 1:].tolist()
+    long_prompt = " ".join(["Ibuprofen"] * 120)
+    with pytest.raises(GenerationParameterError, match="max_position_embeddings"):
+        stream_generate(model, tokenizer, long_prompt, max_new_tokens=3)
+    deltas = list(stream_generate(model, tokenizer, long_prompt, max_new_tokens=200, truncate=True,
+                                  eos_token_id=[]))
+    assert all(d.prompt_truncated for d in deltas)
+    assert sum(len(d.token_ids) for d in deltas) == 48  # half of the 96 positions kept for the continuation
+    assert not any(d.prompt_truncated for d in stream_generate(model, tokenizer, "Aspirin", max_new_tokens=2))
+
+
+def test_bad_stream_arguments(model, tokenizer):
+    with pytest.raises(GenerationParameterError, match="tokenizer"):
+        stream_generate(model, None, "x")
+    with pytest.raises(GenerationParameterError, match="num_return_sequences"):
+        stream_generate(model, tokenizer, "x", do_sample=True, num_return_sequences=2)
+    with pytest.raises(GenerationParameterError, match="stop_strings"):
+        stream_generate(model, tokenizer, "x", stop_strings="done")
+    with pytest.raises(GenerationParameterError, match="top_p"):
+        stream_generate(model, tokenizer, "x", do_sample=True, top_p=0)
+
+
+def test_model_stream_method_delegates(model, tokenizer):
+    prompt_ids = tokenizer("Aspirin", return_tensors="pt")["input_ids"]
+    text, ids, _ = _collect(model.stream(prompt_ids, tokenizer=tokenizer, max_new_tokens=4))
+    assert ids == generate(model, prompt_ids, max_new_tokens=4)[0, prompt_ids.shape[1]:].tolist()
