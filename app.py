@@ -1,0 +1,104 @@
+"""The BioGPT workbench: `python app.py` locally, in Docker, and on Hugging Face Spaces (which runs this file).
+
+Building the app is cheap: no model is loaded until first use unless preload is asked for (`--preload` or
+BIOGPT_PRELOAD=1). Command-line options override the BIOGPT_* environment variables of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from dataclasses import replace
+from typing import Any, Optional
+
+import gradio as gr
+
+from biogpt.manager import ManagerSettings, ModelManager
+from ui.about_tab import build_about_tab
+from ui.classify_tab import build_classify_tab
+from ui.entities_tab import build_entities_tab
+from ui.generate_tab import build_generate_tab
+from ui.handlers import AppSettings, Workbench
+from ui.model_panel import build_model_panel, wire_model_panel
+from ui.theme import ASSETS, CSS_PATH, LOGO_PATH, header_html, theme
+
+
+class WorkbenchBlocks(gr.Blocks):
+    """Blocks that bring their theme and stylesheet to every `launch()` (Gradio 6 takes them there), so that
+    `demo.launch()` looks the same from this file, from Spaces and from the tests."""
+
+    def launch(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("theme", theme())
+        kwargs.setdefault("css_paths", [CSS_PATH])
+        kwargs.setdefault("favicon_path", str(LOGO_PATH))
+        return super().launch(*args, **kwargs)
+
+
+def _default_concurrency() -> int:
+    import torch
+
+    return 4 if torch.cuda.is_available() else 2
+
+
+def build_app(manager: Optional[ModelManager] = None, settings: Optional[AppSettings] = None) -> gr.Blocks:
+    """The whole UI, wired to `manager` (a new one from the environment when None); the queue is configured."""
+    settings = settings or AppSettings.from_env()
+    manager = manager or ModelManager.from_settings(ManagerSettings.from_env())
+    bench = Workbench(manager, settings)
+    examples = json.loads((ASSETS / "examples.json").read_text(encoding="utf-8"))
+
+    with WorkbenchBlocks(title="BioGPT workbench") as demo:
+        gr.HTML(header_html())
+        panel = build_model_panel(bench)
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                build_generate_tab(bench, panel, examples["generate"])
+            with gr.Tab("Entities", id="entities"):
+                build_entities_tab(bench, panel, examples["entities"])
+            with gr.Tab("Classify", id="classify"):
+                build_classify_tab(bench, panel, examples["classify"])
+            with gr.Tab("About", id="about"):
+                build_about_tab()
+        gr.Markdown("Outputs are machine-generated and **not medical advice**. BioGPT © Microsoft, MIT licence.",
+                    elem_classes="wb-stats")
+        wire_model_panel(bench, panel)
+        demo.load(bench.status, panel.state, panel.status, api_name="status")
+
+    demo.queue(max_size=settings.max_queue,
+               default_concurrency_limit=settings.concurrency or _default_concurrency())
+    demo.workbench = bench  # for `serve` and the tests
+    return demo
+
+
+def serve(demo: gr.Blocks, settings: AppSettings) -> None:
+    """Launch, then warm the default model in the background so the page is up at once (BIOGPT_PRELOAD)."""
+    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
+                prevent_thread_lock=True)
+    if settings.preload:
+        threading.Thread(target=demo.workbench.preload, name="preload", daemon=True).start()
+    demo.block_thread()
+
+
+def parse_args(argv: Optional[list[str]] = None, base: Optional[AppSettings] = None) -> AppSettings:
+    base = base or AppSettings.from_env()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=base.host, help="interface to listen on (0.0.0.0 in Docker/Spaces)")
+    parser.add_argument("--port", type=int, default=base.port)
+    parser.add_argument("--share", action="store_true", default=base.share, help="a public gradio.live link")
+    parser.add_argument("--model", default=base.model, help="catalog name, Hub id or local path")
+    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=base.preload,
+                        help="load the default model right after start-up")
+    parser.add_argument("--concurrency", type=int, default=base.concurrency, help="simultaneous jobs")
+    parser.add_argument("--max-queue", type=int, default=base.max_queue, help="queued jobs before 'busy'")
+    args = parser.parse_args(argv)
+    return replace(base, host=args.host, port=args.port, share=args.share, model=args.model, preload=args.preload,
+                   concurrency=args.concurrency, max_queue=args.max_queue)
+
+
+if __name__ == "__main__":
+    demo = build_app(settings=(cli := parse_args()))
+    serve(demo, cli)
+else:
+    # Hugging Face Spaces (through `gradio app.py`) and importers find `demo` at module level.
+    demo = build_app()

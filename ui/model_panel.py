@@ -1,0 +1,77 @@
+"""The model panel above the tabs: which checkpoint, how it runs, and what is loaded now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from biogpt.catalog import CATALOG
+
+from .handlers import ATTENTION, DEMO_NOTICE, PRECISIONS, Workbench, is_demo
+
+
+@dataclass
+class ModelPanel:
+    state: gr.State
+    source: gr.Dropdown
+    attention: gr.Dropdown
+    precision: gr.Radio
+    four_bit: gr.Checkbox
+    device: gr.Dropdown
+    load: gr.Button
+    status: gr.Markdown
+    notice: gr.Markdown
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def _unavailable() -> tuple[str | None, str | None]:
+    """Why flash attention and 4-bit cannot run on the best device here (None when they can)."""
+    import torch
+
+    from biogpt.modeling import flash_attention_unavailable_reason
+    from biogpt.quantization import quantization_unavailable_reason
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return flash_attention_unavailable_reason(device, torch.bfloat16), quantization_unavailable_reason(device, 4)
+
+
+def build_model_panel(bench: Workbench) -> ModelPanel:
+    initial = bench.default_state()
+    flash_reason, quant_reason = _unavailable()
+    attention_info = f"Unavailable here: {flash_reason}." if flash_reason else "sdpa is the fast default."
+    with gr.Group():
+        with gr.Row(equal_height=True):
+            source = gr.Dropdown(
+                choices=[(f"{name} ({entry.size})", name) for name, entry in CATALOG.items()],
+                value=initial["source"], allow_custom_value=True, scale=4, label="Model",
+                info="A catalog entry, a Hugging Face Hub id (owner/name) or a local directory. "
+                     f"Started with {bench.initial_reason}.",
+            )
+            attention = gr.Dropdown(list(ATTENTION), value=initial["attn_implementation"], label="Attention",
+                                    info=attention_info, scale=2)
+            precision = gr.Radio(list(PRECISIONS), value=initial["dtype"], label="Precision", scale=2,
+                                 info="auto: the checkpoint's dtype (fp32 on CPU).")
+            with gr.Column(scale=2, min_width=160):
+                four_bit = gr.Checkbox(value=False, label="4-bit (bitsandbytes)", interactive=quant_reason is None,
+                                       info=quant_reason or "Quantize the linear layers to NF4 on load.")
+                device = gr.Dropdown(_devices(), value=initial["device"], label="Device", allow_custom_value=True)
+        with gr.Row(equal_height=True):
+            status = gr.Markdown(bench.status(initial), elem_id="wb-status")
+            load = gr.Button("Load model", variant="secondary", size="sm", scale=0, min_width=130)
+    notice = gr.Markdown(DEMO_NOTICE, elem_id="wb-notice", visible=is_demo(initial["source"]))
+    return ModelPanel(gr.State(initial), source, attention, precision, four_bit, device, load, status, notice)
+
+
+def wire_model_panel(bench: Workbench, panel: ModelPanel) -> None:
+    inputs = [panel.source, panel.attention, panel.precision, panel.four_bit, panel.device, panel.state]
+    outputs = [panel.state, panel.status, panel.notice]
+    panel.load.click(bench.load_model, inputs, outputs, api_name="load_model")
+    # Picking from the list or changing an option loads at once (typing a custom id waits for the button/Enter).
+    gr.on([panel.source.select, panel.attention.input, panel.precision.input, panel.four_bit.input,
+           panel.device.input], bench.load_model, inputs, outputs, api_visibility="private")
