@@ -647,7 +647,8 @@ def _is_joiner(word: str) -> bool:
 
 
 def stream_generate(model: Any, tokenizer: Any = None, prompt: Optional[str] = None,
-                    input_ids: Optional[torch.Tensor] = None, stop_event: Optional[threading.Event] = None,
+                    input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                    stop_event: Optional[threading.Event] = None,
                     stop_strings: Optional[list[str]] = None, truncate: bool = False,
                     generation_config: Optional[GenerationConfig] = None, *, seed: Optional[int] = None,
                     generator: Optional[torch.Generator] = None, **kwargs: Any) -> Iterator[StreamDelta]:
@@ -666,6 +667,9 @@ def stream_generate(model: Any, tokenizer: Any = None, prompt: Optional[str] = N
         input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] != 1:
         raise GenerationParameterError(f"stream_generate streams one prompt; input_ids has {input_ids.shape[0]} rows.")
+    if input_ids is not None and attention_mask is not None:
+        # `model.stream(**tokenizer(text, return_tensors="pt"), ...)` passes the mask: keep the real tokens only.
+        input_ids = input_ids.reshape(1, -1)[:, attention_mask.reshape(-1).bool()]
     if stop_strings is not None and (not isinstance(stop_strings, (list, tuple))
                                      or not all(isinstance(s, str) and s for s in stop_strings)):
         raise GenerationParameterError(f"stop_strings must be a list of non-empty strings; got {stop_strings!r}.")

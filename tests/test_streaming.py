@@ -20,20 +20,9 @@ WORDS = ["Ibuprofen", "is", "best", "used", "for", "the", "treatment", "of", "CO
          "[", "]", "mg/kg", "&", "<", "e.g.", "vs.", "Ibupro", "acetylsal", "“", "”", "α", "β-catenin", "?", "!"]
 
 
-@pytest.fixture(scope="session")
-def real_vocab(shared_dir, tmp_path_factory):
-    """vocab.json + merges.txt of microsoft/biogpt, converted from the fairseq release files in ../shared."""
-    from biogpt.bpe import convert_fairseq_vocab
-
-    out = tmp_path_factory.mktemp("biogpt-vocab")
-    base = shared_dir / "data" / "biogpt-vocab" / "base"
-    convert_fairseq_vocab(base / "dict.txt", base / "bpecodes", out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def tokenizer(real_vocab):
-    return biogpt.BioGptTokenizer.from_pretrained(real_vocab)
+def tokenizer(real_tokenizer):
+    return real_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +213,11 @@ def test_model_stream_method_delegates(model, tokenizer):
     prompt_ids = tokenizer("Aspirin", return_tensors="pt")["input_ids"]
     text, ids, _ = _collect(model.stream(prompt_ids, tokenizer=tokenizer, max_new_tokens=4))
     assert ids == generate(model, prompt_ids, max_new_tokens=4)[0, prompt_ids.shape[1]:].tolist()
+
+
+def test_stream_accepts_the_tokenizer_output_unpacked(model, tokenizer):
+    """`model.stream(**tokenizer(text, return_tensors="pt"), ...)`, as the README writes it."""
+    inputs = tokenizer("Ibuprofen is best used for", return_tensors="pt")
+    streamed = "".join(d.text for d in model.stream(**inputs, tokenizer=tokenizer, max_new_tokens=6))
+    ids = model.generate(**inputs, max_new_tokens=6)
+    assert streamed == continuation_text(tokenizer, inputs["input_ids"][0].tolist(), ids[0, inputs["input_ids"].shape[1]:].tolist())
