@@ -61,9 +61,8 @@ def resolve_file(
         path = base / filename
         if path.is_file():
             return path
-        if required:
-            present = ", ".join(sorted(p.name for p in base.iterdir())) or "nothing"
-            raise CheckpointError(f"{filename} is missing from {str(base)!r} (it holds: {present}).")
+        if required:  # no directory listing: on a server the message reaches remote users
+            raise CheckpointError(f"{filename} is missing from {str(base)!r}: is this a BioGPT checkpoint directory?")
         return None
     return _hub_file(validate_repo_id(text), filename, revision=revision, cache_dir=cache_dir,
                      local_files_only=local_files_only, token=token, required=required, progress=progress)

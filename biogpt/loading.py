@@ -150,7 +150,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         # mmap keeps big checkpoints out of RAM; only the zip format (torch >= 1.6) supports it.
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         needs = f"it imports {found.group(1)}" if found else str(exc).splitlines()[0]
         raise CheckpointError(
             f"Refusing to load {path.name}: it is a pickle that needs more than tensors to load ({needs}). "
@@ -183,8 +183,7 @@ def find_weights(source: Union[str, os.PathLike], **hub: Any) -> _CheckpointFile
             path = resolve_file(source, index, required=False, **hub)
             if path is not None:
                 return _CheckpointFiles(_shards(source, path, hub), safetensors=safe)
-    where = f"{str(source)!r}" + (f" (it holds: {', '.join(local) or 'nothing'})" if local is not None else "")
-    raise CheckpointError(f"No weights found in {where}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} "
+    raise CheckpointError(f"No weights found in {str(source)!r}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} "
                           f"or {PT_INDEX}.")
 
 
