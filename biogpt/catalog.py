@@ -37,8 +37,8 @@ CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in (
                  "1.5B parameters", defaults={"quantization": "4bit"}),
     CatalogEntry("microsoft/BioGPT-Large-PubMedQA", "BioGPT-Large fine-tuned for PubMedQA yes/no/maybe answers.",
                  "1.5B parameters", defaults={"quantization": "4bit"}),
-    CatalogEntry(DEMO, "Tiny bundled demo models (random-ish weights, for trying the app offline).",
-                 "a few MB", tasks=tuple(DEMO_DIRS), defaults={"dtype": "float32"}),
+    CatalogEntry(DEMO, "Tiny bundled demo models trained on generated sentences (not BioGPT), for trying the app offline.",
+                 "4M params each, 18 MB", tasks=tuple(DEMO_DIRS), defaults={"dtype": "float32"}),
 )}
 
 
