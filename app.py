@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from biogpt.manager import ManagerSettings, ModelManager
+from biogpt.manager import ManagerSettings, ModelManager, default_concurrency
 from ui.about_tab import build_about_tab
 from ui.classify_tab import build_classify_tab
 from ui.entities_tab import build_entities_tab
@@ -33,12 +33,6 @@ class WorkbenchBlocks(gr.Blocks):
         kwargs.setdefault("css_paths", [CSS_PATH])
         kwargs.setdefault("favicon_path", str(LOGO_PATH))
         return super().launch(*args, **kwargs)
-
-
-def _default_concurrency() -> int:
-    import torch
-
-    return 4 if torch.cuda.is_available() else 2
 
 
 def build_app(manager: Optional[ModelManager] = None, settings: Optional[AppSettings] = None) -> gr.Blocks:
@@ -66,7 +60,7 @@ def build_app(manager: Optional[ModelManager] = None, settings: Optional[AppSett
         demo.load(bench.status, panel.state, panel.status, api_name="status")
 
     demo.queue(max_size=settings.max_queue,
-               default_concurrency_limit=settings.concurrency or _default_concurrency())
+               default_concurrency_limit=settings.concurrency or default_concurrency())
     demo.workbench = bench  # for `serve` and the tests
     return demo
 

@@ -19,3 +19,7 @@ class GenerationParameterError(BioGptError, ValueError):
 
 class DeviceError(BioGptError):
     """The requested device, dtype, attention backend or quantization cannot run on this machine."""
+
+
+class InputError(BioGptError, ValueError):
+    """A text sent by a user is unusable (wrong type, invalid encoding, empty, too long); the message says why."""

@@ -128,54 +128,77 @@ class GenerationConfig:
         return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
 
     def validate(self) -> None:
-        """Raise `GenerationParameterError` naming the first out-of-range parameter."""
+        """Raise `GenerationParameterError` naming the first out-of-range parameter.
+
+        Floats must be finite (NaN or infinity in temperature, top_p, repetition_penalty or length_penalty would
+        turn every probability into NaN), token ids must be ints (2.0 is refused, not silently used as an index)
+        and `num_beams` is capped at 64: each beam is a full row of the key/value cache, and no published decoding
+        recipe uses more (an API that serves untrusted requests should cap it far lower, see
+        `biogpt.validation.Limits`).
+        """
+        import math
+
+        max_beams = 64
+
         def bad(name: str, allowed: str) -> GenerationParameterError:
-            return GenerationParameterError(f"{name} must be {allowed}; got {getattr(self, name)!r}.")
+            got = repr(getattr(self, name))
+            got = got if len(got) <= 40 else got[:39] + "…"  # a message echoes what was sent, never megabytes of it
+            return GenerationParameterError(f"{name} must be {allowed}; got {got}.")
 
         def is_int(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
+        def is_number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if is_number(value) and not math.isfinite(value):
+                raise bad(name, "a finite number")
         for name in ("max_length", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 1):
                 raise bad(name, "a positive integer or None")
         if self.min_new_tokens is not None and (not is_int(self.min_new_tokens) or self.min_new_tokens < 0):
             raise bad("min_new_tokens", "an integer >= 0 or None")
-        if not isinstance(self.min_length, int) or self.min_length < 0:
+        if not is_int(self.min_length) or self.min_length < 0:
             raise bad("min_length", "an integer >= 0")
-        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+        if not is_int(self.num_beams) or self.num_beams < 1:
             raise bad("num_beams", "an integer >= 1")
-        if not isinstance(self.num_return_sequences, int) or self.num_return_sequences < 1:
+        if self.num_beams > max_beams:
+            raise bad("num_beams", f"at most {max_beams} (each beam holds a full key/value cache)")
+        if not is_int(self.num_return_sequences) or self.num_return_sequences < 1:
             raise bad("num_return_sequences", "an integer >= 1")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise bad("num_return_sequences", f"<= num_beams ({self.num_beams})")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
             raise bad("num_return_sequences", "1 for greedy decoding (use do_sample=True or num_beams > 1)")
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        if not is_number(self.temperature) or self.temperature <= 0:
             raise bad("temperature", "a number > 0 (use do_sample=False for greedy decoding)")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
             raise bad("top_k", "an integer >= 0 (0 or None disables it)")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "in (0, 1]")
-        if not isinstance(self.repetition_penalty, (int, float)) or self.repetition_penalty <= 0:
+        if not is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise bad("repetition_penalty", "a number > 0 (1.0 disables it)")
-        if not isinstance(self.no_repeat_ngram_size, int) or self.no_repeat_ngram_size < 0:
+        if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "an integer >= 0 (0 disables it)")
-        if not isinstance(self.length_penalty, (int, float)):
+        if not is_number(self.length_penalty):
             raise bad("length_penalty", "a number")
-        if self.early_stopping not in (True, False, "never"):
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise bad("early_stopping", "True, False or 'never'")
         if self.bad_words_ids is not None and not (
                 isinstance(self.bad_words_ids, (list, tuple)) and all(
-                    isinstance(seq, (list, tuple)) and seq and all(isinstance(t, int) and t >= 0 for t in seq)
+                    isinstance(seq, (list, tuple)) and seq and all(is_int(t) and t >= 0 for t in seq)
                     for seq in self.bad_words_ids)):
             raise bad("bad_words_ids", "a list of non-empty lists of token ids")
         for name in ("eos_token_id", "pad_token_id"):
             ids = getattr(self, name)
-            ids = [ids] if isinstance(ids, int) or ids is None else ids
-            if not all(i is None or (isinstance(i, int) and i >= 0) for i in ids):
+            ids = ids if isinstance(ids, (list, tuple)) and name == "eos_token_id" else [ids]
+            if not all(i is None or (is_int(i) and i >= 0) for i in ids):
                 raise bad(name, "a token id (an integer >= 0)" + (", a list of them" if name == "eos_token_id" else "")
                           + " or None")
+
 
 
 @dataclass

@@ -449,5 +449,41 @@ def _footprint(model: Any) -> int:
     return int(footprint()) if callable(footprint) else 0
 
 
-__all__ = ["ModelSpec", "ModelManager", "LoadedModel", "ManagerSettings", "ModelInUseError", "parse_bytes",
-           "resolve_device", "resolve_dtype"]
+# ----------------------------------------------------------------------------------------------------------------
+# What this machine offers: the questions a UI asks (so that the UI itself needs no tensor code)
+# ----------------------------------------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """The device choices to offer: "auto", "cpu", then "cuda:0", "cuda:1", ... and "mps" where present."""
+    devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def attention_unavailable_reason(attn_implementation: str, device: str = "auto",
+                                 dtype: str = "auto") -> Optional[str]:
+    """Why `attn_implementation` cannot run on `device` in `dtype` ("auto" resolved as `ModelSpec` does), or None
+    when it can; eager and sdpa run everywhere, flash_attention_2 needs flash_attn, a CUDA GPU and fp16/bf16."""
+    if attn_implementation != "flash_attention_2":
+        return None
+    from .modeling import flash_attention_unavailable_reason
+
+    device = resolve_device(device)
+    return flash_attention_unavailable_reason(torch.device(device), getattr(torch, resolve_dtype(dtype, device)))
+
+
+def quantization_unavailable_reason(device: str = "auto", bits: int = 4) -> Optional[str]:
+    """Why `bits`-bit quantization cannot run on `device` ("auto": the best one here), or None when it can."""
+    from .quantization import quantization_unavailable_reason as reason
+
+    return reason(resolve_device(device), bits)
+
+
+def default_concurrency() -> int:
+    """How many requests an app should run at once by default: 4 with a CUDA GPU, 2 on the CPU."""
+    return 4 if torch.cuda.is_available() else 2
+
+
+__all__ = ["ModelSpec", "ModelManager", "LoadedModel", "ManagerSettings", "ModelInUseError",
+           "attention_unavailable_reason", "available_devices", "default_concurrency", "parse_bytes",
+           "quantization_unavailable_reason", "resolve_device", "resolve_dtype"]

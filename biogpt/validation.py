@@ -19,11 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from .errors import BioGptError, ConfigError, GenerationParameterError
-
-
-class InputError(BioGptError, ValueError):
-    """A text sent by a user is unusable (wrong type, invalid encoding, empty, too long); the message says why."""
+from .errors import BioGptError, ConfigError, GenerationParameterError, InputError  # InputError: re-exported
 
 
 # C0 and C1 control characters except tab and newline (carriage returns are folded into newlines first).

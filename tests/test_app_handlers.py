@@ -6,6 +6,7 @@ import csv
 import json
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -206,3 +207,132 @@ def test_settings_from_env() -> None:
     assert AppSettings.from_env({}).host == "127.0.0.1"
     assert AppSettings.from_env({"SPACE_ID": "someone/biogpt"}).host == "0.0.0.0"
     assert AppSettings.from_env({"GRADIO_SERVER_NAME": "0.0.0.0"}).host == "0.0.0.0"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Untrusted values at the handler boundary
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    ({"mode": "sampling", "temperature": "hot"}, "Temperature must be a number; got str 'hot'."),
+    ({"mode": "sampling", "temperature": float("nan")}, "Temperature must be a finite number; got nan."),
+    ({"mode": "sampling", "top_p": float("inf")}, "Top-p must be a finite number; got inf."),
+    ({"max_new_tokens": "8"}, "Max new tokens must be a whole number; got str '8'."),
+    ({"max_new_tokens": 8.5}, "Max new tokens must be a whole number; got 8.5."),
+    ({"max_new_tokens": 10**400}, "Max new tokens must be between 1 and 256, got a huge number."),
+    ({"repetition_penalty": None}, "Repetition penalty is missing."),
+    ({"mode": "sampling", "seed": [1]}, "Seed must be a whole number; got list [1]."),
+])
+def test_mistyped_generation_values_name_the_parameter(bench: Workbench, state: dict, overrides: dict,
+                                                       message: str) -> None:
+    with pytest.raises(gr.Error) as excinfo:
+        next(bench.generate("COVID-19 is", state=state, **{**GREEDY, "max_new_tokens": 8, **overrides}))
+    assert _error(excinfo) == message
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("COVID \ud800 is", "The prompt contains an invalid character at position 6: a lone UTF-16 surrogate (U+D800), "
+                        "which is not valid Unicode text. Remove it or re-encode the text as UTF-8."),
+    (b"COVID \xff is", "The prompt is not valid UTF-8: byte 0xff at position 6 cannot be decoded. Send UTF-8 text."),
+    (42, "The prompt must be text; got int."),
+    ("\x00\x07 \x1b", "The prompt is empty: type or paste some text first."),
+])
+def test_unusable_prompts_get_the_specific_message(bench: Workbench, state: dict, prompt, message: str) -> None:
+    with pytest.raises(gr.Error) as excinfo:
+        next(bench.generate(prompt, state=state, max_new_tokens=4, **GREEDY))
+    assert _error(excinfo) == message
+
+
+def test_control_characters_are_removed_from_every_text(bench: Workbench, state: dict,
+                                                        checkpoints: Checkpoints) -> None:
+    final = list(bench.generate("COVID\x00-19\x1b is\r\n", state=state, max_new_tokens=2, **GREEDY))[-1][0]
+    assert final.startswith("COVID-19 is\n") and "\x00" not in final and "\x1b" not in final
+    highlighted = bench.entities("Aspirin\x07 causes\x00 cancer.", checkpoints.ner, 0.0, "simple", state)[0]
+    assert highlighted["text"] == "Aspirin causes cancer."
+    scores = bench.classify("VEGF\x1b[0m induced angiogenesis.", "classifier", checkpoints.classify, "", "", state)
+    assert abs(sum(scores.values()) - 1) < 1e-4
+    with pytest.raises(gr.Error) as excinfo:
+        bench.classify("VEGF \udfff", "zero-shot", "", "yes, no", "{text}", state)
+    assert "lone UTF-16 surrogate (U+DFFF)" in _error(excinfo)
+
+
+def test_the_model_source_is_cleaned_and_capped(bench: Workbench, state: dict) -> None:
+    new_state, status, _ = bench.load_model("\x00" + state["source"] + "\x1b\n", "sdpa", "auto", False, "auto",
+                                            state, progress=None)
+    assert new_state["source"] == state["source"] and "loaded in" in status
+    for source, message in (
+            ("x" * 1_001, "The model is 1,001 characters long; the limit is 1,000."),
+            ("owner/\ud800", "The model contains an invalid character at position 6: a lone UTF-16 surrogate "
+                             "(U+D800), which is not valid Unicode text. Remove it or re-encode the text as UTF-8."),
+            ([state["source"]], "The model must be text; got list."),
+            ("  ", "The model is empty: pick one from the list or type a Hub id or a local path."),
+            (None, "The model is empty: pick one from the list or type a Hub id or a local path.")):
+        with pytest.raises(gr.Error) as excinfo:
+            bench.load_model(source, "sdpa", "auto", False, "auto", new_state, progress=None)
+        assert _error(excinfo) == message
+    assert bench.manager.loaded(bench.spec(new_state))
+
+
+def test_beam_search_over_the_memory_limit_is_refused_before_decoding(bench: Workbench, state: dict,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = bench.manager.get(bench.spec(state))
+    prompt = "COVID-19 is"
+    length = min(len(loaded.tokenizer(prompt)["input_ids"]) + 64, loaded.model.config.max_position_embeddings)
+    beams = dict(GREEDY, mode="beam", num_beams=4)
+    monkeypatch.setenv("BIOGPT_MAX_BEAM_TOKENS", str(4 * length - 1))
+    calls = []
+    monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: calls.append(1))  # must never be reached
+    with pytest.raises(gr.Error) as excinfo:
+        next(bench.generate(prompt, state=state, max_new_tokens=64, **beams))
+    assert _error(excinfo) == (
+        f"Beam search would hold num_beams × (prompt + new tokens) = 4 × {length} = {4 * length:,} tokens, over the "
+        f"limit of {4 * length - 1:,} (BIOGPT_MAX_BEAM_TOKENS): use fewer beams, fewer new tokens or a shorter "
+        "prompt.")
+    assert not calls and all(row["in_use"] == 0 for row in bench.manager.status())
+    monkeypatch.undo()
+    monkeypatch.setenv("BIOGPT_MAX_BEAM_TOKENS", str(4 * length))  # exactly at the limit: allowed
+    assert list(bench.generate(prompt, state=state, max_new_tokens=64, **beams))[-1][0].startswith(prompt)
+
+
+def test_entity_files_stay_bounded_on_disk(bench: Workbench, state: dict, checkpoints: Checkpoints, tmp_path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from ui import handlers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(handlers, "_entity_swept", False)
+    stale = tmp_path / "biogpt-entities-999999999"  # left by a process that no longer runs
+    stale.mkdir()
+    (tmp_path / "biogpt-entities-notapid").mkdir()  # not ours: left alone
+    keep = handlers.ENTITY_FOLDERS_KEPT
+    found = [{"text": "Aspirin", "label": "Chemical", "score": 0.9, "start": 0, "end": 7}]
+    returned = [Workbench._entity_files(found) for _ in range(3 * keep)]
+    files = bench.entities(TEXT, checkpoints.ner, 0.0, "simple", state)[2]
+    root = handlers.entity_root()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, "biogpt-entities-notapid"])
+    folders = list(root.iterdir())
+    assert len(folders) == keep and all(sorted(p.name for p in f.iterdir()) == ["entities.csv", "entities.json"]
+                                        for f in folders)
+    for path in returned[-(keep - 1):] + [files]:  # the newest are all still there, with the right content
+        assert all(Path(p).is_file() for p in path) and Path(path[0]).parent.parent == root
+    assert json.loads(Path(returned[-1][0]).read_text(encoding="utf-8")) == found
+    assert not Path(returned[0][0]).exists()
+
+
+def test_the_ui_asks_the_library_about_devices_and_has_no_tensor_code(bench: Workbench, state: dict,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from biogpt import manager
+
+    root = Path(__file__).resolve().parent.parent
+    for path in [root / "app.py", *sorted((root / "ui").glob("*.py"))]:
+        assert not re.search(r"^\s*(import torch|from torch)", path.read_text(encoding="utf-8"), re.M), path
+    devices = manager.available_devices()
+    assert devices[:2] == ["auto", "cpu"] and manager.default_concurrency() in (2, 4)
+    assert manager.attention_unavailable_reason("sdpa") is None
+    monkeypatch.setattr(manager, "attention_unavailable_reason", lambda *a: "no flash here")
+    monkeypatch.setattr("ui.handlers.attention_unavailable_reason", manager.attention_unavailable_reason)
+    with pytest.raises(gr.Error) as excinfo:
+        bench.load_model(state["source"], "flash_attention_2", "auto", False, "auto", state, progress=None)
+    assert _error(excinfo) == "flash_attention_2 is unavailable: no flash here. Choose sdpa or eager."

@@ -3,7 +3,8 @@ bad requests get specific messages without hurting the worker, and a client that
 
 Manager-level tests load the real tiny checkpoints of `app_fixtures`; app-level ones drive the real app on
 127.0.0.1 through `gradio_client` (and raw HTTP where gradio_client cannot send the payload, e.g. lone surrogates).
-Tests marked xfail document gaps in the app's validation that `biogpt.validation` closes once the handlers call it.
+Text goes through `biogpt.validation.clean_text` in the handlers; numbers are checked by the app's `CheckedSlider` /
+`CheckedNumber` before Gradio converts them, so a mistyped API value gets a message naming the parameter.
 """
 
 from __future__ import annotations
@@ -245,17 +246,30 @@ def test_a_prompt_longer_than_the_context_is_cut_with_a_visible_note(client, ser
     assert "the prompt was cut to fit the model's context" in stats and text.startswith(prompt)
 
 
-@pytest.mark.xfail(reason="gap: Gradio's Slider.preprocess raises TypeError on a string; the app must check types "
-                          "with biogpt.validation.check_number before Gradio does", strict=False)
-def test_a_string_for_a_number_names_the_parameter(client) -> None:
+@pytest.mark.parametrize("position, value, message", [
+    (3, "hot", "Temperature must be a number; got str 'hot'."),
+    (3, None, "Temperature is missing."),
+    (4, [0.5], "Top-p must be a number; got list [0.5]."),
+    (2, 8.5, "Max new tokens must be a whole number; got 8.5."),
+    (2, True, "Max new tokens must be a whole number; got bool True."),
+    (8, "4", "Beams must be a whole number; got str '4'."),
+    (9, "42", "Seed must be a whole number; got str '42'."),
+    (9, 1.5, "Seed must be a whole number; got 1.5."),
+])
+def test_a_wrong_type_for_a_number_names_the_parameter(client, position, value, message) -> None:
+    args = ["COVID-19 is", "sampling", 8, 0.8, 0.95, 50, 1.0, 0, 4, -1]
+    args[position] = value
     with pytest.raises(AppError) as excinfo:
-        client.predict("COVID-19 is", "sampling", 8, "hot", 0.95, 50, 1.0, 0, 4, -1, api_name="/generate")
+        client.predict(*args, api_name="/generate")
+    assert str(excinfo.value) == message
     _works(client)
-    assert "Temperature" in str(excinfo.value) or "temperature" in str(excinfo.value)
 
 
-@pytest.mark.xfail(reason="gap: the handlers pass control characters through; they must call "
-                          "biogpt.validation.clean_text", strict=False)
+def test_a_wrong_type_for_the_entity_threshold_names_it(client, checkpoints) -> None:
+    with pytest.raises(AppError, match=r"^Score threshold must be a number; got str 'high'\.$"):
+        client.predict("Aspirin causes cancer.", checkpoints.ner, "high", "simple", api_name="/entities")
+
+
 def test_control_characters_are_removed(client) -> None:
     text = client.predict("COVID\x00-19\x1b[31m is\x07", *GREEDY, api_name="/generate")[0]
     assert text.startswith("COVID-19[31m is") and "\x00" not in text and "\x1b" not in text
@@ -280,8 +294,6 @@ def test_lone_surrogates_do_not_hurt_the_worker(client, server, checkpoints) -> 
     _works(client)
 
 
-@pytest.mark.xfail(reason="gap: a lone surrogate reaches the tokenizer (UnicodeEncodeError, shown as a bare "
-                          "error); the handlers must call biogpt.validation.clean_text", strict=False)
 def test_lone_surrogates_get_a_specific_message(server) -> None:
     events = _raw_call(server, "generate", json.dumps({"data": ["COVID \ud800 is", *GREEDY]}))
     assert "lone UTF-16 surrogate" in events

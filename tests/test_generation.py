@@ -341,3 +341,39 @@ def test_cache_allocated_once(models, monkeypatch):
     generate(ours, torch.tensor([[2, 5, 9, 11]]), max_new_tokens=6, eos_token_id=[])
     assert allocations == [(1, 10)]
     assert calls == [(4, 1)] + [(1, 0)] * 5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("nan")), "temperature must be a finite number; got nan."),
+    (dict(temperature=float("inf")), "temperature must be a finite number; got inf."),
+    (dict(top_p=float("nan")), "top_p must be a finite number; got nan."),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number; got inf."),
+    (dict(length_penalty=float("-inf")), "length_penalty must be a finite number; got -inf."),
+    (dict(num_beams=65), "num_beams must be at most 64 (each beam holds a full key/value cache); got 65."),
+    (dict(num_beams=10**9), "num_beams must be at most 64 (each beam holds a full key/value cache); got 1000000000."),
+    (dict(eos_token_id=2.0), "eos_token_id must be a token id (an integer >= 0), a list of them or None; got 2.0."),
+    (dict(eos_token_id=[2, 3.0]), "eos_token_id must be a token id (an integer >= 0), a list of them or None; "
+                                  "got [2, 3.0]."),
+    (dict(pad_token_id=1.0), "pad_token_id must be a token id (an integer >= 0) or None; got 1.0."),
+    (dict(num_beams=True), "num_beams must be an integer >= 1; got True."),
+    (dict(temperature="hot"), "temperature must be a number > 0 (use do_sample=False for greedy decoding); "
+                              "got 'hot'."),
+    (dict(bad_words_ids=[["x" * 100]]), "bad_words_ids must be a list of non-empty lists of token ids; "
+                                        "got [['" + "x" * 36 + "…."),
+])
+def test_generation_config_refuses_non_finite_and_mistyped_values(kwargs, message):
+    with pytest.raises(GenerationParameterError) as excinfo:
+        GenerationConfig(**kwargs).validate()
+    assert str(excinfo.value) == message
+
+
+def test_bad_values_from_generate_and_from_a_file_get_the_same_messages(models, tmp_path):
+    _, ours = models
+    with pytest.raises(GenerationParameterError, match=r"^eos_token_id must be a token id"):
+        generate(ours, torch.tensor([[2, 5]]), max_new_tokens=2, eos_token_id=2.0)
+    with pytest.raises(GenerationParameterError, match=r"^temperature must be a finite number; got nan\.$"):
+        generate(ours, torch.tensor([[2, 5]]), max_new_tokens=2, do_sample=True, temperature=float("nan"))
+    (tmp_path / "generation_config.json").write_text('{"top_p": NaN, "num_beams": 4}')  # json.load reads NaN
+    with pytest.raises(GenerationParameterError, match=r"^top_p must be a finite number; got nan\.$"):
+        GenerationConfig.from_pretrained(tmp_path)
+    assert GenerationConfig(num_beams=64, eos_token_id=[2, 3], length_penalty=-2.0).validate() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .components import CheckedSlider
 from .handlers import AGGREGATIONS, Workbench
 from .model_panel import ModelPanel
 
@@ -25,7 +26,7 @@ def build_entities_tab(bench: Workbench, panel: ModelPanel, examples: list[str])
             backend = gr.Dropdown(backends, value=backends[0][1], allow_custom_value=True, label="Backend",
                                   elem_id="ent-backend",
                                   info="A token-classification checkpoint (Hub id or path), or spacy:<pipeline>.")
-            threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold",
+            threshold = CheckedSlider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold",
                                   info="Hide entities the model is less sure of.")
             aggregation = gr.Radio(list(AGGREGATIONS), value="simple", label="Aggregation",
                                    info="How word pieces are merged into entities (as in transformers pipelines).")

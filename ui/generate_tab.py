@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .components import CheckedNumber, CheckedSlider
 from .handlers import MODES, Workbench
 from .model_panel import ModelPanel
 
@@ -29,15 +30,15 @@ def build_generate_tab(bench: Workbench, panel: ModelPanel, examples: list[str])
             stats = gr.Markdown(elem_classes="wb-stats", elem_id="gen-stats")
         with gr.Column(scale=2, min_width=280):
             mode = gr.Radio(list(MODES), value="greedy", label="Decoding", info=MODE_HELP["greedy"])
-            max_new_tokens = gr.Slider(1, cap, value=min(64, cap), step=1, label="Max new tokens")
+            max_new_tokens = CheckedSlider(1, cap, value=min(64, cap), step=1, label="Max new tokens")
             with gr.Group(visible=False) as sampling:
-                temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
-                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (nucleus)")
-                top_k = gr.Slider(0, 500, value=50, step=1, label="Top-k", info="0 = no top-k filter")
-                seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = a new random seed each run")
-            num_beams = gr.Slider(1, 8, value=4, step=1, label="Beams", visible=False)
-            repetition_penalty = gr.Slider(1.0, 3.0, value=1.0, step=0.05, label="Repetition penalty")
-            no_repeat = gr.Slider(0, 10, value=0, step=1, label="No-repeat n-gram size", info="0 = off")
+                temperature = CheckedSlider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
+                top_p = CheckedSlider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (nucleus)")
+                top_k = CheckedSlider(0, 500, value=50, step=1, label="Top-k", info="0 = no top-k filter")
+                seed = CheckedNumber(value=-1, precision=0, label="Seed", info="-1 = a new random seed each run")
+            num_beams = CheckedSlider(1, 8, value=4, step=1, label="Beams", visible=False)
+            repetition_penalty = CheckedSlider(1.0, 3.0, value=1.0, step=0.05, label="Repetition penalty")
+            no_repeat = CheckedSlider(0, 10, value=0, step=1, label="No-repeat n-gram size", info="0 = off")
             show_confidence = gr.Checkbox(value=False, label="Colour tokens by confidence")
 
     def show_mode(choice: str):

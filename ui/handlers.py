@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import json
 import os
+import shutil
 import string
 import tempfile
 import threading
@@ -22,8 +24,9 @@ import gradio as gr
 
 from biogpt import catalog
 from biogpt.errors import BioGptError
-from biogpt.manager import ModelManager, ModelSpec
+from biogpt.manager import ModelManager, ModelSpec, attention_unavailable_reason
 from biogpt.tasks.entities import STRATEGIES
+from biogpt.validation import check_beam_memory, check_number, clean_text
 
 from . import gpu
 from .theme import confidence_color
@@ -91,24 +94,30 @@ class AppSettings:
 # --------------------------------------------------------------------------------------------------------------
 # Validation at the boundary: each message names the field and the allowed range.
 # --------------------------------------------------------------------------------------------------------------
-def check_text(value: Optional[str], what: str, cap: int) -> str:
-    if value is None or not str(value).strip():
-        raise gr.Error(f"The {what} is empty: type or paste some text first.")
-    if len(value) > cap:
-        raise gr.Error(f"The {what} is {len(value):,} characters long; the limit is {cap:,}.")
-    return value
+def check_text(value: Any, what: str, cap: int) -> str:
+    """`value` cleaned by `biogpt.validation.clean_text` (control characters removed; wrong type, invalid UTF-8,
+    lone surrogates, over `cap` characters or empty refused), any refusal as a `gr.Error` with its message."""
+    try:
+        return clean_text(value, what, cap)
+    except BioGptError as exc:
+        raise gr.Error(str(exc)) from None
 
 
 def check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> Any:
-    if value is None or isinstance(value, bool):
+    """`value` as an int (`integer`) or a float in [low, high]; a `gr.Error` naming `name` for anything else,
+    including strings, booleans, NaN and infinities (API clients can send any JSON value)."""
+    if value is None:
         raise gr.Error(f"{name} is missing.")
-    if integer:
-        if float(value) != int(value):
-            raise gr.Error(f"{name} must be a whole number, got {value}.")
-        value = int(value)
+    try:
+        check_number(name, value, integer=integer)  # type, finite, whole: no bounds, so the message below applies
+    except BioGptError as exc:
+        raise gr.Error(str(exc)) from None
+    except OverflowError:
+        pass  # an int too large for a float: out of range below (int and float compare exactly)
     if not low <= value <= high:
-        raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value:g}.")
-    return value
+        shown = f"{value:g}" if not isinstance(value, int) else str(value) if abs(value) < 10**20 else "a huge number"
+        raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {shown}.")
+    return int(value) if integer else float(value)
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> Any:
@@ -213,6 +222,55 @@ def _template_fields(template: str, text: str) -> dict[str, str]:
     return {"question": question, "context": text[cut + len("context:"):].strip(), "text": text.strip()}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Download files of the entities tab: bounded on disk
+# --------------------------------------------------------------------------------------------------------------
+ENTITY_FOLDERS_KEPT = 32  # per process; Gradio copies every returned file into its own cache before serving it
+_entity_lock = threading.Lock()
+_entity_count = itertools.count()
+_entity_swept = False
+
+
+def entity_root() -> Path:
+    """This process's folder of entity downloads, under the system temp directory."""
+    return Path(tempfile.gettempdir()) / f"biogpt-entities-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists and belongs to someone else
+        return True
+    return True
+
+
+def entity_folder(keep: int = ENTITY_FOLDERS_KEPT) -> Path:
+    """A new, empty folder for one request's files; the oldest beyond the newest `keep` are removed.
+
+    So the disk holds at most `keep` folders of two files each, however many requests come: the returned paths
+    only have to live until Gradio has copied them into its cache (it does so when the handler returns), so
+    `keep` far above the number of concurrent requests is safe. The first call also removes the folders left by
+    processes that no longer run (an app restarted many times does not pile them up either).
+    """
+    global _entity_swept
+    root = entity_root()
+    with _entity_lock:
+        if not _entity_swept:
+            _entity_swept = True
+            for other in root.parent.glob("biogpt-entities-*"):
+                pid = other.name.rsplit("-", 1)[-1]
+                if other != root and pid.isdigit() and other.is_dir() and not _process_alive(int(pid)):
+                    shutil.rmtree(other, ignore_errors=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{next(_entity_count):012d}-", dir=root))
+        # Names start with a zero-padded counter, so sorting them sorts by age.
+        for old in sorted(path for path in root.iterdir() if path.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 @dataclass
 class Workbench:
     """State shared by all sessions (the manager, the stop events) and the handlers the UI wires up.
@@ -265,22 +323,18 @@ class Workbench:
     def load_model(self, source: str, attn_implementation: str, dtype: str, four_bit: bool, device: str,
                    state: Optional[dict] = None, progress: gr.Progress = gr.Progress()) -> tuple[dict, str, Any]:
         """Load (or reuse) the causal LM for `source` with these options; on failure the session keeps its model."""
-        source = (source or "").strip()
-        if not source:
+        if source is None or (isinstance(source, str) and not source.strip()):
             raise gr.Error("The model is empty: pick one from the list or type a Hub id or a local path.")
+        source = check_text(source, "model", 1_000).strip()
         check_choice("Attention backend", attn_implementation, ATTENTION)
         check_choice("Precision", dtype, tuple(value for _, value in PRECISIONS))
         new_state = {"source": source, "attn_implementation": attn_implementation, "dtype": dtype,
                      "quantization": "4bit" if four_bit else None, "device": (device or "auto").strip() or "auto"}
         spec = self.spec(new_state)
-        if attn_implementation == "flash_attention_2":  # refuse before loading gigabytes that could not run
-            import torch
-
-            from biogpt.modeling import flash_attention_unavailable_reason
-
-            reason = flash_attention_unavailable_reason(torch.device(spec.device), spec.torch_dtype)
-            if reason:
-                raise gr.Error(f"flash_attention_2 is unavailable: {reason}. Choose sdpa or eager.")
+        # Refuse before loading gigabytes that could not run.
+        reason = attention_unavailable_reason(spec.attn_implementation, spec.device, spec.dtype)
+        if reason:
+            raise gr.Error(f"flash_attention_2 is unavailable: {reason}. Choose sdpa or eager.")
         loaded = self._get(spec, progress)
         return new_state, self.status_text(new_state, loaded), gr.update(visible=is_demo(source))
 
@@ -320,6 +374,10 @@ class Workbench:
         started = time.perf_counter()
         try:
             with self.manager.use(spec) as loaded:
+                if params["num_beams"] > 1:  # refuse a key/value cache over BIOGPT_MAX_BEAM_TOKENS before decoding
+                    check_beam_memory(params["num_beams"], params["max_new_tokens"],
+                                      prompt_tokens=len(loaded.tokenizer(prompt)["input_ids"]),
+                                      max_positions=loaded.model.config.max_position_embeddings)
                 for delta in run_generation_stream(loaded, prompt, stop_event, params):
                     count += len(delta.token_ids)
                     truncated = truncated or bool(delta.prompt_truncated)
@@ -428,7 +486,8 @@ class Workbench:
 
     @staticmethod
     def _entity_files(found: list[dict]) -> list[str]:
-        folder = Path(tempfile.mkdtemp(prefix="biogpt-entities-"))
+        """entities.json and entities.csv in a fresh folder of `entity_folder()`, which keeps the newest few."""
+        folder = entity_folder()
         as_json, as_csv = folder / "entities.json", folder / "entities.csv"
         clean = [{"text": e["text"], "label": e["label"], "score": float(e["score"]), "start": int(e["start"]),
                   "end": int(e["end"])} for e in found]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from biogpt.catalog import CATALOG
+from biogpt.manager import (attention_unavailable_reason, available_devices,
+                            quantization_unavailable_reason)
 
 from .handlers import ATTENTION, DEMO_NOTICE, PRECISIONS, Workbench, is_demo
 
@@ -24,21 +26,10 @@ class ModelPanel:
     notice: gr.Markdown
 
 
-def _devices() -> list[str]:
-    import torch
-
-    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-
 def _unavailable() -> tuple[str | None, str | None]:
     """Why flash attention and 4-bit cannot run on the best device here (None when they can)."""
-    import torch
-
-    from biogpt.modeling import flash_attention_unavailable_reason
-    from biogpt.quantization import quantization_unavailable_reason
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return flash_attention_unavailable_reason(device, torch.bfloat16), quantization_unavailable_reason(device, 4)
+    return (attention_unavailable_reason("flash_attention_2", "auto", "bfloat16"),
+            quantization_unavailable_reason("auto", 4))
 
 
 def build_model_panel(bench: Workbench) -> ModelPanel:
@@ -60,7 +51,8 @@ def build_model_panel(bench: Workbench) -> ModelPanel:
             with gr.Column(scale=2, min_width=160):
                 four_bit = gr.Checkbox(value=False, label="4-bit (bitsandbytes)", interactive=quant_reason is None,
                                        info=quant_reason or "Quantize the linear layers to NF4 on load.")
-                device = gr.Dropdown(_devices(), value=initial["device"], label="Device", allow_custom_value=True)
+                device = gr.Dropdown(available_devices(), value=initial["device"], label="Device",
+                                     allow_custom_value=True)
         with gr.Row(equal_height=True):
             status = gr.Markdown(bench.status(initial), elem_id="wb-status")
             load = gr.Button("Load model", variant="secondary", size="sm", scale=0, min_width=130)
