@@ -1,0 +1,507 @@
+"""Continuous batching: many concurrent generation requests, one batched forward per decoding step.
+
+    engine = BatchingEngine(model, tokenizer, max_batch_size=8)
+    for delta in engine.stream("Ibuprofen is", max_new_tokens=40, do_sample=True, seed=1):
+        print(delta.text, end="")
+
+A background worker thread owns the model. Each step it
+
+1. admits queued requests (up to `max_batch_size` rows) and prefills them, grouped by prompt length so that a
+   prefill is never padded, then merges their KV caches into the running batch *aligned to the right*: shorter rows
+   get leading padding columns, masked out by the attention mask. Positions come from the attention mask, so left
+   padding is exact in this model (a row decodes as it would alone, up to float rounding of batched matmuls);
+2. runs ONE forward over every running row (one new token each);
+3. applies each request's own logits processors (repetition penalty, n-gram ban, top-k/p, temperature,
+   min_new_tokens...) and picks its token (greedy, or sampled with the request's own generator);
+4. turns tokens into `StreamDelta`s with the same text rules as `stream_generate` and hands them to that request's
+   stream;
+5. drops finished and cancelled rows (`KVCache.reorder`) and compacts the leading columns that have become padding
+   in every remaining row.
+
+Per-request semantics are those of `biogpt.generation.stream_generate` (same parameters, same validation, same
+deltas; `engine.stream(...)` is a drop-in for `stream_generate(model, tokenizer, ...)`). Seeded sampling uses a
+per-request `torch.Generator` consumed exactly as the solo loop consumes it (one draw per token), so a seeded request
+samples the same tokens in the engine as alone, unless batched float rounding moves a probability across the drawn
+threshold (never observed on the test models; greedy has the analogous argmax-tie caveat). Beam search
+(`num_beams > 1`) is not batched: the worker runs such a request alone, between steps.
+
+The worker never dies on a bad request: an exception while preparing or processing one request goes to that
+request's stream; an exception in the batched forward goes to every request of that batch, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+from .errors import GenerationParameterError
+from .generation import (GenerationConfig, StreamDelta, _apply, _make_generator, _plan, _processors, _resolve_config,
+                         _stable_prefix_end, continuation_text, stream_generate)
+from .modeling import KVCache
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()  # end-of-stream marker in a request's queue
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Requests and their streams
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Request:
+    id: int
+    tokenizer: Any
+    config: GenerationConfig
+    plan: Any  # generation._Plan: prompt ids (1, n), its mask, max_new_tokens, min_length
+    rng: Optional[torch.Generator]
+    stop_event: Optional[threading.Event]
+    stop_strings: list[str]
+    raw: dict[str, Any]  # what beam search (run solo through stream_generate) needs
+    out: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    processors: list = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)
+    sequence: Optional[torch.Tensor] = None  # (1, prompt + max_new_tokens) ids buffer, as the solo loop keeps
+    generated: list[int] = field(default_factory=list)
+    emitted: str = ""
+    forwards: int = 0  # batched decode forwards this request took part in (prefill not counted)
+    finished: bool = False
+
+    @property
+    def greedy_plain(self) -> bool:
+        """Greedy with no processor: its token can be taken from a batched argmax."""
+        return not self.config.do_sample and not self.processors
+
+    @property
+    def length(self) -> int:
+        return self.plan.prompt_length + len(self.generated)
+
+
+class RequestStream:
+    """An iterator of `StreamDelta`s for one request. Closing it (or its stop_event) cancels the request."""
+
+    def __init__(self, engine: "BatchingEngine", request: _Request):
+        self._engine = engine
+        self._request = request
+        self._finished = False
+
+    @property
+    def id(self) -> int:
+        return self._request.id
+
+    @property
+    def forwards(self) -> int:
+        """How many batched decode steps this request has taken part in so far."""
+        return self._request.forwards
+
+    def __iter__(self) -> "RequestStream":
+        return self
+
+    def __next__(self) -> StreamDelta:
+        if self._finished:
+            raise StopIteration
+        item = self._request.out.get()
+        if item is _DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        if item.finished:
+            self._finished = True
+        return item
+
+    def cancel(self) -> None:
+        """Stop generating; the row leaves the batch before the next step."""
+        self._request.cancelled.set()
+        self._engine._wake()
+
+    def close(self) -> None:
+        self.cancel()
+        self._finished = True
+
+    def __del__(self) -> None:
+        try:
+            if not self._finished:
+                self.cancel()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------------------------
+class BatchingEngine:
+    """Serve many generation requests at once with one batched forward per step. Thread-safe; see the module doc.
+
+    `max_batch_size` rows decode together (further requests wait in a queue). The worker thread starts on the first
+    request and stops with `close()` (or at exit: it is a daemon thread).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, max_batch_size: int = 8,
+                 generation_config: Optional[GenerationConfig] = None):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise GenerationParameterError(f"max_batch_size must be an integer >= 1; got {max_batch_size!r}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.generation_config = generation_config
+        self.forward_count = 0  # batched decode forwards so far (prefills not counted)
+        self.prefill_count = 0
+        self._pending: "queue.Queue[_Request]" = queue.Queue()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._shutdown = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        # Running batch state (worker thread only).
+        self._rows: list[_Request] = []
+        self._cache: Optional[KVCache] = None
+        self._mask: Optional[torch.Tensor] = None  # (rows, cache.length) long: 0 = padding
+        self._last: Optional[torch.Tensor] = None  # (rows,) the token each row feeds next
+
+    # -- public API --------------------------------------------------------------------------------------------
+    @property
+    def active_count(self) -> int:
+        """Rows in the running batch."""
+        return len(self._rows)
+
+    @property
+    def pending_count(self) -> int:
+        return self._pending.qsize()
+
+    def stream(self, prompt: Optional[str] = None, input_ids: Optional[torch.Tensor] = None,
+               stop_event: Optional[threading.Event] = None, stop_strings: Optional[list[str]] = None,
+               truncate: bool = False, generation_config: Optional[GenerationConfig] = None, *,
+               seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+               tokenizer: Any = None, **kwargs: Any) -> RequestStream:
+        """Same parameters and deltas as `stream_generate(model, tokenizer, prompt, ...)`; validation is eager."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        model = self.model
+        if tokenizer is None:
+            raise GenerationParameterError("The batching engine needs a tokenizer (tokenizer=...) to produce text.")
+        if prompt is not None and input_ids is not None:
+            raise GenerationParameterError("Pass either prompt (text) or input_ids, not both.")
+        if prompt is not None:
+            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if isinstance(input_ids, (list, tuple)):
+            input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
+        if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] != 1:
+            raise GenerationParameterError(f"A request streams one prompt; input_ids has {input_ids.shape[0]} rows.")
+        if stop_strings is not None and (not isinstance(stop_strings, (list, tuple))
+                                         or not all(isinstance(s, str) and s for s in stop_strings)):
+            raise GenerationParameterError(f"stop_strings must be a list of non-empty strings; got {stop_strings!r}.")
+        config = _resolve_config(model, generation_config or self.generation_config, dict(kwargs))
+        if config.num_return_sequences != 1:
+            raise GenerationParameterError("num_return_sequences must be 1 when streaming; got "
+                                           f"{config.num_return_sequences}.")
+        plan = _plan(model, input_ids, None, config, truncate)
+        rng = _make_generator(seed, generator, plan.input_ids.device)
+        request = _Request(next(self._ids), tokenizer, config, plan, rng, stop_event, list(stop_strings or []),
+                           raw=dict(input_ids=input_ids, truncate=truncate, generation_config=generation_config
+                                    or self.generation_config, seed=seed, generator=generator, kwargs=kwargs))
+        request.processors = _processors(config, plan, plan.attention_mask, model.config.vocab_size, beam=False)
+        request.prompt_ids = plan.input_ids[0].tolist()
+        self._start()
+        self._pending.put(request)
+        self._wake()
+        return RequestStream(self, request)
+
+    def submit(self, prompt_or_ids: Union[str, list[int], torch.Tensor, None] = None, **params: Any) -> RequestStream:
+        """`stream()` taking the prompt as text or token ids (with the leading `</s>`)."""
+        if isinstance(prompt_or_ids, str) or prompt_or_ids is None:
+            return self.stream(prompt_or_ids, **params)
+        return self.stream(None, input_ids=prompt_or_ids, **params)
+
+    def close(self, timeout: Optional[float] = 10.0) -> None:
+        """Stop the worker; running and queued requests end with finish_reason 'cancelled'."""
+        self._shutdown.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "BatchingEngine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- worker ------------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._shutdown.is_set():
+                raise RuntimeError("This BatchingEngine is closed.")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="biogpt-batching", daemon=True)
+                self._thread.start()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._shutdown.is_set():
+                try:
+                    self._drop_finished()
+                    self._admit()
+                    if not self._rows:
+                        self._wakeup.wait(0.5)
+                        self._wakeup.clear()
+                        continue
+                    self._step()
+                except Exception as exc:  # a failed batched forward: every row of the batch gets the error
+                    logger.exception("batched decoding step failed")
+                    for request in self._rows:
+                        self._fail(request, exc)
+                    self._reset()
+            for request in self._rows:
+                self._finish(request, "cancelled")
+            while not self._pending.empty():
+                self._finish(self._pending.get_nowait(), "cancelled")
+            self._reset()
+
+    def _reset(self) -> None:
+        self._rows, self._cache, self._mask, self._last = [], None, None, None
+
+    # -- admission: prefill new requests and merge them into the running batch ------------------------------------
+    def _admit(self) -> None:
+        new: list[_Request] = []
+        while len(self._rows) + len(new) < self.max_batch_size:
+            try:
+                request = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if self._cancelled(request):
+                continue
+            if request.config.num_beams > 1:
+                self._run_solo(request)
+                continue
+            new.append(request)
+        if not new:
+            return
+        parts = []
+        if self._rows:
+            parts.append((self._rows, self._cache, self._mask, self._last))
+        # Prefill by prompt length so that no prefill is padded (as exact as a solo prefill).
+        new.sort(key=lambda r: r.plan.prompt_length)
+        for _, group in itertools.groupby(new, key=lambda r: r.plan.prompt_length):
+            group = list(group)
+            try:
+                part = self._prefill(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    self._fail(group[0], exc)
+                    continue
+                part = None
+            if part is None:  # retry one by one so that one bad request does not fail the others
+                for request in group:
+                    try:
+                        single = self._prefill([request])
+                    except Exception as exc:
+                        self._fail(request, exc)
+                        continue
+                    if single[0]:
+                        parts.append(single)
+                continue
+            if part[0]:
+                parts.append(part)
+        if parts:
+            self._merge(parts)
+
+    def _prefill(self, group: list[_Request]):
+        model = self.model
+        ids = torch.cat([r.plan.input_ids for r in group], dim=0)
+        masks = [r.plan.attention_mask for r in group]
+        mask = None
+        if any(m is not None for m in masks):
+            mask = torch.cat([m if m is not None else torch.ones_like(r.plan.input_ids)
+                              for m, r in zip(masks, group)], dim=0)
+        need = max(r.plan.max_new_tokens for r in group)
+        cache = KVCache.for_model(model, len(group), ids.shape[1] + need)
+        logits = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        self.prefill_count += 1
+        kept, tokens = [], []
+        for i, request in enumerate(group):
+            request.sequence = torch.full((1, request.plan.prompt_length + request.plan.max_new_tokens),
+                                          self._pad(request), dtype=torch.long, device=ids.device)
+            request.sequence[:, :request.plan.prompt_length] = request.plan.input_ids
+            token = self._choose(request, logits[i:i + 1, -1])
+            if token is not None and not request.finished:
+                kept.append(i)
+                tokens.append(token)
+        if mask is None:
+            mask = torch.ones_like(ids)
+        rows = [group[i] for i in kept]
+        if len(kept) < len(group):
+            if not kept:
+                return [], None, None, None
+            cache.reorder(torch.tensor(kept, device=ids.device))
+            mask = mask[kept]
+        return rows, cache, mask, torch.tensor(tokens, dtype=torch.long, device=ids.device)
+
+    def _merge(self, parts) -> None:
+        """Right-align several (rows, cache, mask, last) parts into one batch cache with left padding."""
+        if len(parts) == 1:
+            self._rows, self._cache, self._mask, self._last = parts[0]
+            return
+        length = max(cache.length for _, cache, _, _ in parts)
+        rows = [r for part in parts for r in part[0]]
+        need = max(r.plan.max_new_tokens - len(r.generated) for r in rows) + 1
+        merged = KVCache.for_model(self.model, len(rows), length + need)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=parts[0][2].device)
+        start = 0
+        for part_rows, cache, part_mask, _ in parts:
+            end, offset = start + len(part_rows), length - cache.length
+            for layer in range(len(merged)):
+                merged.keys[layer][start:end, :, offset:length] = cache.keys[layer][:, :, :cache.length]
+                merged.values[layer][start:end, :, offset:length] = cache.values[layer][:, :, :cache.length]
+            mask[start:end, offset:] = part_mask
+            start = end
+        merged.length = length
+        self._rows, self._cache, self._mask = rows, merged, mask
+        self._last = torch.cat([part[3] for part in parts])
+
+    # -- one decoding step -----------------------------------------------------------------------------------
+    def _step(self) -> None:
+        model = self.model
+        ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self._mask.device)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        logits = model(self._last[:, None], attention_mask=self._mask, past_key_values=self._cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        self.forward_count += 1
+        plain = [i for i, r in enumerate(self._rows) if r.greedy_plain]
+        argmax = logits[plain].argmax(dim=-1).tolist() if plain else []
+        fast = dict(zip(plain, argmax))
+        next_tokens = []
+        for i, request in enumerate(self._rows):
+            request.forwards += 1
+            try:
+                token = self._choose(request, logits[i:i + 1], fast.get(i))
+            except Exception as exc:
+                self._fail(request, exc)
+                token = None
+            next_tokens.append(token if token is not None else self._pad(request))
+        self._last = torch.tensor(next_tokens, dtype=torch.long, device=self._last.device)
+
+    def _choose(self, request: _Request, logits: torch.Tensor, argmax: Optional[int] = None) -> Optional[int]:
+        """Pick `request`'s next token from its (1, vocab) logits, as the solo loop does; emit its delta."""
+        if self._cancelled(request):
+            return None
+        length = request.length
+        scores = _apply(request.processors, request.sequence[:, :length], logits.float())
+        if request.config.do_sample:
+            token = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=request.rng))
+        else:
+            token = argmax if argmax is not None else int(scores.argmax(dim=-1))
+        request.sequence[0, length] = token
+        prob = float(scores[0].softmax(dim=-1)[token])
+        self._emit(request, token, prob)
+        return token
+
+    def _emit(self, request: _Request, token: int, prob: float) -> None:
+        """`stream_generate`'s text rules, token by token (see `generation._stream`)."""
+        tokenizer, prompt_ids = request.tokenizer, request.prompt_ids
+        truncated = request.plan.prompt_truncated
+        request.generated.append(token)
+        generated = request.generated
+        reason = None
+        if token in request.config.eos_token_ids:
+            reason = "eos"
+        elif len(generated) == request.plan.max_new_tokens:
+            reason = "length"
+        if request.stop_strings:
+            text = continuation_text(tokenizer, prompt_ids, generated)
+            hits = [text.find(s, 0) + len(s) for s in request.stop_strings if s in text]
+            if hits:
+                end = max(min(hits), len(request.emitted))
+                self._send(request, StreamDelta(text[len(request.emitted):end], [token], [prob], True, "stop_string",
+                                                truncated))
+                return
+        if reason is not None:
+            text = continuation_text(tokenizer, prompt_ids, generated)
+            self._send(request, StreamDelta(text[len(request.emitted):], [token], [prob], True, reason, truncated))
+            return
+        stable = continuation_text(tokenizer, prompt_ids, generated[:_stable_prefix_end(tokenizer, generated)])
+        new_text = stable[len(request.emitted):] if stable.startswith(request.emitted) else ""
+        request.emitted += new_text
+        self._send(request, StreamDelta(new_text, [token], [prob], False, None, truncated))
+
+    # -- leaving the batch -------------------------------------------------------------------------------------
+    def _cancelled(self, request: _Request) -> bool:
+        if request.finished:
+            return True
+        if request.cancelled.is_set() or (request.stop_event is not None and request.stop_event.is_set()):
+            self._finish(request, "cancelled")
+            return True
+        return False
+
+    def _drop_finished(self) -> None:
+        """Drop finished/cancelled rows; compact the columns that are now padding in every remaining row."""
+        if not self._rows:
+            return
+        keep = [i for i, r in enumerate(self._rows) if not self._cancelled(r)]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._reset()
+            return
+        device = self._last.device
+        index = torch.tensor(keep, device=device)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._last = self._mask[index], self._last[index]
+        self._cache.reorder(index)
+        used = self._mask.sum(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start > 0:  # leading columns that no remaining row attends to
+            cache = self._cache
+            for layer in range(len(cache)):
+                cache.keys[layer] = cache.keys[layer][:, :, start:].clone()
+                cache.values[layer] = cache.values[layer][:, :, start:].clone()
+            cache.length -= start
+            self._mask = self._mask[:, start:]
+
+    def _send(self, request: _Request, delta: StreamDelta) -> None:
+        if delta.finished:
+            request.finished = True
+        request.out.put(delta)
+        if delta.finished:
+            request.out.put(_DONE)
+
+    def _finish(self, request: _Request, reason: str) -> None:
+        if request.finished:
+            return
+        text = continuation_text(request.tokenizer, request.prompt_ids, request.generated) if request.generated else ""
+        self._send(request, StreamDelta(text[len(request.emitted):], [], [], True, reason,
+                                        request.plan.prompt_truncated))
+
+    def _fail(self, request: _Request, exc: BaseException) -> None:
+        if request.finished:
+            return
+        request.finished = True
+        request.out.put(exc)
+        request.out.put(_DONE)
+
+    def _pad(self, request: _Request) -> int:
+        config = request.config
+        return config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
+
+    def _run_solo(self, request: _Request) -> None:
+        """Beam search is not batched: run it alone through `stream_generate`, between steps."""
+        raw = request.raw
+        try:
+            for delta in stream_generate(self.model, request.tokenizer, input_ids=raw["input_ids"],
+                                         stop_event=request.stop_event, stop_strings=request.stop_strings or None,
+                                         truncate=raw["truncate"], generation_config=raw["generation_config"],
+                                         seed=raw["seed"], generator=raw["generator"], **raw["kwargs"]):
+                self._send(request, delta)
+        except Exception as exc:
+            self._fail(request, exc)
+        else:
+            if not request.finished:
+                self._finish(request, "cancelled")

@@ -1,0 +1,50 @@
+"""`python -m bench.run --tiny` runs end to end and writes the JSON rows and fields it promises. Never a speed test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("transformers")
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_expected_rows_and_fields(tmp_path):
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["shape"] == "tiny"
+    for key in ("cpu", "cores", "ram_gib", "torch", "transformers"):
+        assert key in data["machine"]
+    assert data["memory_bandwidth"]["read_gbs"] > 0
+    rows = data["rows"]
+    assert {"cpu-fp32", "cpu-bf16", "concurrency"} <= set(rows)
+    for name in ("cpu-fp32", "cpu-bf16"):
+        row = rows[name]
+        assert "error" not in row, row.get("error")
+        for field in ("decode_b1_tok_s", "decode_b8_tok_s", "prefill_32_s", "ttft_s", "load_s"):
+            assert set(row[field]) == {"ours", "transformers"}, field
+            assert all(v > 0 for v in row[field].values()), field
+        assert row["bandwidth_ceiling_tok_s"] > 0
+        assert row["ratio_decode_b1"] > 0 and "fraction_of_ceiling_b1" in row
+    assert rows["cpu-fp32"]["same_greedy_tokens_b1"] is True
+    first = rows["cpu-fp32"]["load_to_first_token"]
+    for lib in ("ours", "transformers"):
+        assert {"import_s", "load_s", "first_token_s", "total_s", "peak_rss_bytes"} <= set(first[lib])
+    margins = rows["cpu-bf16"]["bf16_vs_fp32_margins"]
+    assert 0 <= margins["fraction_margin_below_max_logit_error"] <= 1 and margins["positions"] > 0
+    assert "ours_vs_transformers_fp32_b1" in rows["cpu-bf16"]
+    conc = rows["concurrency"]
+    assert "error" not in conc, conc.get("error")
+    assert conc["one_stream_tok_s"] > 0 and conc["concurrent_aggregate_tok_s"] > 0 and conc["speedup"] > 0
+    assert "concurrency" in proc.stdout and "cpu-fp32" in proc.stdout  # the printed table
