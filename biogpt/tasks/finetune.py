@@ -172,6 +172,17 @@ def _split_dev(examples: list, dev_fraction: float, seed: int) -> tuple[list, li
     return [examples[i] for i in order[cut:]], [examples[i] for i in order[:cut]]
 
 
+def _train_and_dev(load: Callable[[Any, str], list], train: Any, dev: Any, data_format: str, dev_fraction: float,
+                   seed: int, limit_train: Optional[int], limit_dev: Optional[int]) -> tuple[list, list]:
+    """Read train (and dev, or hold out a seeded `dev_fraction` of train), then apply the size limits."""
+    train_examples = load(train, data_format)
+    if dev is None:
+        train_examples, dev_examples = _split_dev(train_examples, dev_fraction, seed)
+    else:
+        dev_examples = load(dev, data_format)
+    return train_examples[:limit_train], dev_examples[:limit_dev]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Features
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,12 +490,8 @@ def finetune_ner(train: Union[PathLike, Iterable[NerExample]], dev: Union[PathLi
     args = args or TrainingArguments()
     if aggregation_strategy not in STRATEGIES:
         raise ValueError(f"aggregation_strategy must be one of {STRATEGIES}, got {aggregation_strategy!r}.")
-    train_examples = load_ner_examples(train, data_format)
-    if dev is None:
-        train_examples, dev_examples = _split_dev(train_examples, dev_fraction, args.seed)
-    else:
-        dev_examples = load_ner_examples(dev, data_format)
-    train_examples, dev_examples = train_examples[:limit_train], dev_examples[:limit_dev]
+    train_examples, dev_examples = _train_and_dev(load_ner_examples, train, dev, data_format, dev_fraction,
+                                                  args.seed, limit_train, limit_dev)
     types = list(entity_types) if entity_types else sorted({e["label"] for x in train_examples
                                                            for e in x.get("entities", [])})
     if not types:
@@ -530,12 +537,8 @@ def finetune_classifier(train: Union[PathLike, Iterable[ClassExample]],
     root): with rare labels (HoC: ~5% each) plain BCE otherwise learns to predict nothing above 0.5.
     """
     args = args or TrainingArguments()
-    train_examples = load_classification_examples(train, data_format)
-    if dev is None:
-        train_examples, dev_examples = _split_dev(train_examples, dev_fraction, args.seed)
-    else:
-        dev_examples = load_classification_examples(dev, data_format)
-    train_examples, dev_examples = train_examples[:limit_train], dev_examples[:limit_dev]
+    train_examples, dev_examples = _train_and_dev(load_classification_examples, train, dev, data_format,
+                                                  dev_fraction, args.seed, limit_train, limit_dev)
     if multi_label is None:
         multi_label = any(len(e.labels) != 1 for e in train_examples)
     elif not multi_label and any(len(e.labels) != 1 for e in train_examples):
