@@ -300,6 +300,8 @@ def fake_hub(monkeypatch, files: Path, chunks: int = 4) -> list[str]:
         return str(source)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    # This fake Hub is "online" even where the suite runs with HF_HUB_OFFLINE=1 (CI does).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return downloaded
 
 
