@@ -13,8 +13,8 @@ A background worker thread owns the model. Each step it
 2. runs ONE forward over every running row (one new token each);
 3. applies each request's own logits processors (repetition penalty, n-gram ban, top-k/p, temperature,
    min_new_tokens...) and picks its token (greedy, or sampled with the request's own generator);
-4. turns tokens into `StreamDelta`s with the same text rules as `stream_generate` and hands them to that request's
-   stream;
+4. turns tokens into `StreamDelta`s through the request's own `generation.DeltaStreamer`, the very code that
+   `stream_generate` streams through, and hands them to that request's stream;
 5. drops finished and cancelled rows (`KVCache.reorder`) and compacts the leading columns that have become padding
    in every remaining row.
 
@@ -36,13 +36,12 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from .errors import GenerationParameterError
-from .generation import (GenerationConfig, StreamDelta, _apply, _make_generator, _plan, _processors, _resolve_config,
-                         _stable_prefix_end, continuation_text, stream_generate)
+from .generation import DeltaStreamer, GenerationConfig, StreamDelta, StreamRequest, prepare_stream
 from .modeling import KVCache
 
 logger = logging.getLogger(__name__)
@@ -56,22 +55,27 @@ _DONE = object()  # end-of-stream marker in a request's queue
 @dataclass(eq=False)
 class _Request:
     id: int
-    tokenizer: Any
-    config: GenerationConfig
-    plan: Any  # generation._Plan: prompt ids (1, n), its mask, max_new_tokens, min_length
-    rng: Optional[torch.Generator]
+    spec: StreamRequest  # the validated request: config, plan (prompt ids, max_new_tokens...), rng, stop strings
+    streamer: DeltaStreamer  # its text rules: tokens in, deltas out
     stop_event: Optional[threading.Event]
-    stop_strings: list[str]
-    raw: dict[str, Any]  # what beam search (run solo through stream_generate) needs
     out: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     processors: list = field(default_factory=list)
-    prompt_ids: list[int] = field(default_factory=list)
     sequence: Optional[torch.Tensor] = None  # (1, prompt + max_new_tokens) ids buffer, as the solo loop keeps
-    generated: list[int] = field(default_factory=list)
-    emitted: str = ""
     forwards: int = 0  # batched decode forwards this request took part in (prefill not counted)
     finished: bool = False
+
+    @property
+    def config(self) -> GenerationConfig:
+        return self.spec.config
+
+    @property
+    def plan(self) -> Any:
+        return self.spec.plan
+
+    @property
+    def generated(self) -> list[int]:
+        return self.streamer.generated
 
     @property
     def greedy_plain(self) -> bool:
@@ -183,31 +187,13 @@ class BatchingEngine:
                tokenizer: Any = None, **kwargs: Any) -> RequestStream:
         """Same parameters and deltas as `stream_generate(model, tokenizer, prompt, ...)`; validation is eager."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        model = self.model
         if tokenizer is None:
             raise GenerationParameterError("The batching engine needs a tokenizer (tokenizer=...) to produce text.")
-        if prompt is not None and input_ids is not None:
-            raise GenerationParameterError("Pass either prompt (text) or input_ids, not both.")
-        if prompt is not None:
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        if isinstance(input_ids, (list, tuple)):
-            input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
-        if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] != 1:
-            raise GenerationParameterError(f"A request streams one prompt; input_ids has {input_ids.shape[0]} rows.")
-        if stop_strings is not None and (not isinstance(stop_strings, (list, tuple))
-                                         or not all(isinstance(s, str) and s for s in stop_strings)):
-            raise GenerationParameterError(f"stop_strings must be a list of non-empty strings; got {stop_strings!r}.")
-        config = _resolve_config(model, generation_config or self.generation_config, dict(kwargs))
-        if config.num_return_sequences != 1:
-            raise GenerationParameterError("num_return_sequences must be 1 when streaming; got "
-                                           f"{config.num_return_sequences}.")
-        plan = _plan(model, input_ids, None, config, truncate)
-        rng = _make_generator(seed, generator, plan.input_ids.device)
-        request = _Request(next(self._ids), tokenizer, config, plan, rng, stop_event, list(stop_strings or []),
-                           raw=dict(input_ids=input_ids, truncate=truncate, generation_config=generation_config
-                                    or self.generation_config, seed=seed, generator=generator, kwargs=kwargs))
-        request.processors = _processors(config, plan, plan.attention_mask, model.config.vocab_size, beam=False)
-        request.prompt_ids = plan.input_ids[0].tolist()
+        spec = prepare_stream(self.model, tokenizer, prompt, input_ids, None, stop_strings, truncate,
+                              generation_config or self.generation_config, seed=seed, generator=generator, **kwargs)
+        request = _Request(next(self._ids), spec, spec.streamer(), stop_event)
+        if not spec.beam:
+            request.processors = spec.logits_processors(self.model.config.vocab_size)
         self._start()
         self._pending.put(request)
         self._wake()
@@ -394,9 +380,9 @@ class BatchingEngine:
         if self._cancelled(request):
             return None
         length = request.length
-        scores = _apply(request.processors, request.sequence[:, :length], logits.float())
+        scores = StreamRequest.process(request.processors, request.sequence[:, :length], logits.float())
         if request.config.do_sample:
-            token = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=request.rng))
+            token = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=request.spec.rng))
         else:
             token = argmax if argmax is not None else int(scores.argmax(dim=-1))
         request.sequence[0, length] = token
@@ -405,32 +391,8 @@ class BatchingEngine:
         return token
 
     def _emit(self, request: _Request, token: int, prob: float) -> None:
-        """`stream_generate`'s text rules, token by token (see `generation._stream`)."""
-        tokenizer, prompt_ids = request.tokenizer, request.prompt_ids
-        truncated = request.plan.prompt_truncated
-        request.generated.append(token)
-        generated = request.generated
-        reason = None
-        if token in request.config.eos_token_ids:
-            reason = "eos"
-        elif len(generated) == request.plan.max_new_tokens:
-            reason = "length"
-        if request.stop_strings:
-            text = continuation_text(tokenizer, prompt_ids, generated)
-            hits = [text.find(s, 0) + len(s) for s in request.stop_strings if s in text]
-            if hits:
-                end = max(min(hits), len(request.emitted))
-                self._send(request, StreamDelta(text[len(request.emitted):end], [token], [prob], True, "stop_string",
-                                                truncated))
-                return
-        if reason is not None:
-            text = continuation_text(tokenizer, prompt_ids, generated)
-            self._send(request, StreamDelta(text[len(request.emitted):], [token], [prob], True, reason, truncated))
-            return
-        stable = continuation_text(tokenizer, prompt_ids, generated[:_stable_prefix_end(tokenizer, generated)])
-        new_text = stable[len(request.emitted):] if stable.startswith(request.emitted) else ""
-        request.emitted += new_text
-        self._send(request, StreamDelta(new_text, [token], [prob], False, None, truncated))
+        """The request's delta for `token`: `stream_generate`'s text rules, through the same `DeltaStreamer`."""
+        self._send(request, request.streamer.push(token, prob))
 
     # -- leaving the batch -------------------------------------------------------------------------------------
     def _cancelled(self, request: _Request) -> bool:
@@ -476,9 +438,7 @@ class BatchingEngine:
     def _finish(self, request: _Request, reason: str) -> None:
         if request.finished:
             return
-        text = continuation_text(request.tokenizer, request.prompt_ids, request.generated) if request.generated else ""
-        self._send(request, StreamDelta(text[len(request.emitted):], [], [], True, reason,
-                                        request.plan.prompt_truncated))
+        self._send(request, request.streamer.finish(reason))
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
         if request.finished:
@@ -493,12 +453,8 @@ class BatchingEngine:
 
     def _run_solo(self, request: _Request) -> None:
         """Beam search is not batched: run it alone through `stream_generate`, between steps."""
-        raw = request.raw
         try:
-            for delta in stream_generate(self.model, request.tokenizer, input_ids=raw["input_ids"],
-                                         stop_event=request.stop_event, stop_strings=request.stop_strings or None,
-                                         truncate=raw["truncate"], generation_config=raw["generation_config"],
-                                         seed=raw["seed"], generator=raw["generator"], **raw["kwargs"]):
+            for delta in request.spec.run(self.model, request.stop_event):
                 self._send(request, delta)
         except Exception as exc:
             self._fail(request, exc)

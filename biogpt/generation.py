@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GenerationParameterError
-from .modeling import KVCache
+from .modeling import KVCache, StaticKVCache, static_decode_step
 
 logger = logging.getLogger(__name__)
 
@@ -430,8 +430,14 @@ class _Step:
 
 @torch.no_grad()
 def _greedy_or_sample_steps(model: Any, plan: _Plan, config: GenerationConfig,
-                            generator: Optional[torch.Generator]) -> Iterator[_Step]:
-    """Prefill once, then one forward per new token; yields after every token. Closing it frees the cache."""
+                            generator: Optional[torch.Generator], static_cache: bool = False,
+                            compile: bool = False) -> Iterator[_Step]:
+    """Prefill once, then one forward per new token; yields after every token. Closing it frees the cache.
+
+    `static_cache=True` runs the decode steps through `static_decode_step` (fixed shapes: the whole preallocated
+    cache, a key mask, the write slot as a tensor), which CUDA graphs can capture; `compile=True` also wraps that
+    step in `torch.compile(mode="reduce-overhead")` (compiled once per model and reused).
+    """
     input_ids, mask = plan.input_ids, plan.attention_mask
     if config.num_return_sequences > 1:  # sampling several continuations per prompt: repeat the rows
         input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
@@ -449,11 +455,19 @@ def _greedy_or_sample_steps(model: Any, plan: _Plan, config: GenerationConfig,
     if mask is not None:  # generated positions are always attended; the buffer avoids a cat per step
         full_mask = torch.ones(rows, total, dtype=torch.long, device=device)
         full_mask[:, :prompt_length] = mask
-    cache = KVCache.for_model(model, rows, total)
+    cache = (StaticKVCache if static_cache else KVCache).for_model(model, rows, total)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     try:
         logits = model(input_ids, attention_mask=full_mask[:, :prompt_length] if full_mask is not None else None,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if static_cache:
+            step = _compiled_step(model) if compile else static_decode_step
+            key_mask = torch.zeros(rows, total, dtype=torch.bool, device=device)
+            key_mask[:, :prompt_length] = mask.bool() if mask is not None else True
+            # the next token's position: the number of real tokens before it (left padding does not count)
+            positions = (mask.sum(dim=1, keepdim=True) if mask is not None
+                         else torch.full((rows, 1), prompt_length, dtype=torch.long, device=device))
+            cache.index = torch.full((1,), prompt_length, dtype=torch.long, device=device)
         for length in range(prompt_length, total):
             scores = _apply(processors, sequences[:, :length], logits.float())
             if config.do_sample:
@@ -468,10 +482,32 @@ def _greedy_or_sample_steps(model: Any, plan: _Plan, config: GenerationConfig,
             # The one host sync per token: stop as soon as every row has produced eos.
             if length + 1 == total or (eos.numel() and not bool(unfinished.any())):
                 return
+            if static_cache:
+                key_mask[:, length] = True
+                logits = step(model, tokens[:, None], positions, key_mask, cache)
+                positions += 1
+                cache.index += 1
+                cache.length += 1
+                continue
             logits = model(tokens[:, None], attention_mask=full_mask[:, :length + 1] if full_mask is not None
                            else None, past_key_values=cache, use_cache=True).logits[:, -1]
     finally:
         del cache  # release the buffers now, even when the consumer stops early
+
+
+_COMPILED_STEPS: dict[int, Callable] = {}
+
+
+def _compiled_step(model: Any) -> Callable:
+    """`static_decode_step` under torch.compile(mode="reduce-overhead"), built once per model object."""
+    import weakref
+
+    key = id(model)
+    entry = _COMPILED_STEPS.get(key)
+    if entry is None or entry[0]() is not model:
+        compiled = torch.compile(static_decode_step, mode="reduce-overhead", dynamic=False)
+        entry = _COMPILED_STEPS[key] = (weakref.ref(model), compiled)
+    return entry[1]
 
 
 @torch.no_grad()
@@ -584,22 +620,32 @@ def _beam_search(model: Any, plan: _Plan, config: GenerationConfig,
 def generate(model: Any, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
              generation_config: Optional[GenerationConfig] = None, *, seed: Optional[int] = None,
              generator: Optional[torch.Generator] = None, truncate_prompt: bool = False,
+             static_cache: bool = False, compile: bool = False,
              **kwargs: Any) -> Union[torch.LongTensor, GenerationResult]:
     """Continue `input_ids` (batch, length), left-padded where `attention_mask` is 0; returns prompt + new tokens.
 
     Rows that finish early are padded with `pad_token_id`. `return_dict_in_generate=True` returns a
     `GenerationResult` (with `.sequences` and `.prompt_truncated`).
+
+    `static_cache=True` (greedy/sampling; opt-in, meant for GPUs) decodes with fixed-shape steps over the whole
+    preallocated cache, the same tokens as the default path; `compile=True` (implies it) also captures the step
+    with `torch.compile(mode="reduce-overhead")` (CUDA graphs on a GPU; the first call pays the compilation).
     """
     config = _resolve_config(model, generation_config, kwargs)
     plan = _plan(model, input_ids, attention_mask, config, truncate_prompt)
     rng = _make_generator(seed, generator, plan.input_ids.device)
-    if config.num_beams > 1:
-        sequences = _beam_search(model, plan, config, rng)
-    else:
-        last = None
-        for last in _greedy_or_sample_steps(model, plan, config, rng):
-            pass
-        sequences = last.sequences[:, :last.length]
+    # inference_mode skips autograd's version counting and view tracking on every op of every step; the result is
+    # cloned out of it so that callers get an ordinary tensor (writable in place outside inference mode).
+    with torch.inference_mode():
+        if config.num_beams > 1:
+            sequences = _beam_search(model, plan, config, rng)
+        else:
+            last = None
+            for last in _greedy_or_sample_steps(model, plan, config, rng, static_cache=static_cache or compile,
+                                                compile=compile):
+                pass
+            sequences = last.sequences[:, :last.length]
+    sequences = sequences.clone()
     if config.return_dict_in_generate:
         return GenerationResult(sequences, plan.prompt_length, plan.prompt_truncated)
     return sequences
@@ -669,25 +715,137 @@ def _is_joiner(word: str) -> bool:
     return len(word) >= 3 and word.startswith("@") and word.endswith("@") and not any(c.isspace() for c in word)
 
 
-def stream_generate(model: Any, tokenizer: Any = None, prompt: Optional[str] = None,
-                    input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                    stop_event: Optional[threading.Event] = None,
-                    stop_strings: Optional[list[str]] = None, truncate: bool = False,
-                    generation_config: Optional[GenerationConfig] = None, *, seed: Optional[int] = None,
-                    generator: Optional[torch.Generator] = None, **kwargs: Any) -> Iterator[StreamDelta]:
-    """Continue one prompt (text, or ids with the leading `</s>`) and yield `StreamDelta`s as tokens are produced.
+class DeltaStreamer:
+    """Turns one request's chosen tokens, one at a time, into `StreamDelta`s: the text rules of streaming.
 
-    Greedy and sampling yield one delta per token (its text may be empty while a word is incomplete); beam search
-    yields a single delta at the end. Setting `stop_event`, or closing the iterator, stops within one decoding step
-    and frees the cache. Generation stops at the first occurrence of any of `stop_strings`; as in transformers the
-    text keeps the stop string (and ends right after it).
+    `push(token_id, prob)` returns the delta of that token: the newly stable text (a word is held back until no
+    later token can change it, see `_stable_prefix_end`), or, when the token ends the request (eos, the
+    `max_new_tokens`-th token, or a stop string now in the text), the finished delta with all the text left.
+    `finish(reason)` ends the request from outside (e.g. "cancelled") with the text not yet emitted. Both
+    `stream_generate` and `biogpt.batching.BatchingEngine` stream through this class, so their deltas are identical.
     """
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], *, eos_token_ids: Any = (),
+                 max_new_tokens: Optional[int] = None, stop_strings: Any = (), prompt_truncated: bool = False):
+        self.tokenizer = tokenizer
+        self.prompt_ids = list(prompt_ids)
+        self.eos_token_ids = set(eos_token_ids or ())
+        self.max_new_tokens = max_new_tokens
+        self.stop_strings = list(stop_strings or ())
+        self.prompt_truncated = prompt_truncated
+        self.generated: list[int] = []
+        self.emitted = ""  # text yielded so far, always a prefix of the final continuation
+        self.finished = False
+
+    def text(self, generated: Optional[list[int]] = None) -> str:
+        """The continuation of `generated` (all tokens so far by default) as it reads after the prompt."""
+        return continuation_text(self.tokenizer, self.prompt_ids, self.generated if generated is None else generated)
+
+    def push(self, token_id: int, prob: float) -> StreamDelta:
+        if self.finished:
+            raise RuntimeError("This stream has finished; no more tokens can be pushed.")
+        token_id, prob = int(token_id), float(prob)
+        self.generated.append(token_id)
+        reason = None
+        if token_id in self.eos_token_ids:
+            reason = "eos"
+        elif self.max_new_tokens is not None and len(self.generated) >= self.max_new_tokens:
+            reason = "length"
+        if self.stop_strings:
+            text = self.text()
+            hits = [text.find(s) + len(s) for s in self.stop_strings if s in text]
+            if hits:
+                end = max(min(hits), len(self.emitted))
+                return self._end(text[len(self.emitted):end], [token_id], [prob], "stop_string")
+        if reason is not None:
+            return self._end(self.text()[len(self.emitted):], [token_id], [prob], reason)
+        stable = self.text(self.generated[:_stable_prefix_end(self.tokenizer, self.generated)])
+        new_text = stable[len(self.emitted):] if stable.startswith(self.emitted) else ""
+        self.emitted += new_text
+        return StreamDelta(new_text, [token_id], [prob], False, None, self.prompt_truncated)
+
+    def finish(self, reason: str) -> StreamDelta:
+        """The last delta when the request ends without a token of its own (`reason`: e.g. "cancelled")."""
+        if self.finished:
+            raise RuntimeError("This stream has already finished.")
+        text = self.text() if self.generated else ""
+        return self._end(text[len(self.emitted):], [], [], reason)
+
+    def _end(self, text: str, token_ids: list[int], probs: list[float], reason: str) -> StreamDelta:
+        self.finished = True
+        self.emitted += text
+        return StreamDelta(text, token_ids, probs, True, reason, self.prompt_truncated)
+
+
+@dataclass
+class StreamRequest:
+    """A validated streaming request: what `prepare_stream` returns, for `stream_generate` and the batching engine.
+
+    `plan` (prompt ids (1, n) after truncation, its mask, `max_new_tokens`...) and `config` are resolved as
+    `generate` resolves them; `rng` is the request's own generator (from `seed`/`generator`) or None.
+    """
+
+    tokenizer: Any
+    config: GenerationConfig
+    plan: Any  # generation's length plan: .input_ids, .attention_mask, .max_new_tokens, .prompt_length ...
+    rng: Optional[torch.Generator]
+    stop_strings: list[str]
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.plan.input_ids[0].tolist()
+
+    @property
+    def prompt_length(self) -> int:
+        return self.plan.prompt_length
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.plan.max_new_tokens
+
+    @property
+    def prompt_truncated(self) -> bool:
+        return self.plan.prompt_truncated
+
+    @property
+    def beam(self) -> bool:
+        """Beam search: no per-token stream, one delta at the end (`run` handles it)."""
+        return self.config.num_beams > 1
+
+    def streamer(self) -> DeltaStreamer:
+        return DeltaStreamer(self.tokenizer, self.prompt_ids, eos_token_ids=self.config.eos_token_ids,
+                             max_new_tokens=self.plan.max_new_tokens, stop_strings=self.stop_strings,
+                             prompt_truncated=self.plan.prompt_truncated)
+
+    def logits_processors(self, vocab_size: int) -> list[Processor]:
+        """The per-token processors (penalties, n-gram ban, min length, temperature, top-k/p) of this request."""
+        return _processors(self.config, self.plan, self.plan.attention_mask, vocab_size, beam=False)
+
+    @staticmethod
+    def process(processors: list[Processor], ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (rows, vocab) after `processors`, given the ids so far (rows, length)."""
+        return _apply(processors, ids, logits)
+
+    def run(self, model: Any, stop_event: Optional[threading.Event] = None) -> Iterator[StreamDelta]:
+        """Decode this request alone (what `stream_generate` returns)."""
+        return _stream(model, self, stop_event)
+
+
+def prepare_stream(model: Any, tokenizer: Any = None, prompt: Optional[str] = None,
+                   input_ids: Union[torch.Tensor, list[int], None] = None,
+                   attention_mask: Optional[torch.Tensor] = None, stop_strings: Optional[list[str]] = None,
+                   truncate: bool = False, generation_config: Optional[GenerationConfig] = None, *,
+                   seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                   **kwargs: Any) -> StreamRequest:
+    """Validate one streaming request eagerly (the parameters of `stream_generate`) and resolve it."""
     if tokenizer is None:
         raise GenerationParameterError("stream_generate needs the tokenizer (tokenizer=...) to produce text.")
     if prompt is not None and input_ids is not None:
         raise GenerationParameterError("Pass either prompt (text) or input_ids, not both.")
     if prompt is not None:
         input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if isinstance(input_ids, (list, tuple)):
+        input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
     if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] != 1:
         raise GenerationParameterError(f"stream_generate streams one prompt; input_ids has {input_ids.shape[0]} rows.")
     if input_ids is not None and attention_mask is not None:
@@ -702,51 +860,46 @@ def stream_generate(model: Any, tokenizer: Any = None, prompt: Optional[str] = N
                                        f"{config.num_return_sequences}.")
     plan = _plan(model, input_ids, None, config, truncate)
     rng = _make_generator(seed, generator, plan.input_ids.device)
+    return StreamRequest(tokenizer, config, plan, rng, list(stop_strings or []))
+
+
+def stream_generate(model: Any, tokenizer: Any = None, prompt: Optional[str] = None,
+                    input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                    stop_event: Optional[threading.Event] = None,
+                    stop_strings: Optional[list[str]] = None, truncate: bool = False,
+                    generation_config: Optional[GenerationConfig] = None, *, seed: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None, **kwargs: Any) -> Iterator[StreamDelta]:
+    """Continue one prompt (text, or ids with the leading `</s>`) and yield `StreamDelta`s as tokens are produced.
+
+    Greedy and sampling yield one delta per token (its text may be empty while a word is incomplete); beam search
+    yields a single delta at the end. Setting `stop_event`, or closing the iterator, stops within one decoding step
+    and frees the cache. Generation stops at the first occurrence of any of `stop_strings`; as in transformers the
+    text keeps the stop string (and ends right after it).
+    """
+    request = prepare_stream(model, tokenizer, prompt, input_ids, attention_mask, stop_strings, truncate,
+                             generation_config, seed=seed, generator=generator, **kwargs)
     # Validation happened above, eagerly; the generator below only runs when iterated.
-    return _stream(model, tokenizer, plan, config, rng, stop_event, list(stop_strings or []))
+    return _stream(model, request, stop_event)
 
 
-def _stream(model: Any, tokenizer: Any, plan: _Plan, config: GenerationConfig, rng: Optional[torch.Generator],
-            stop_event: Optional[threading.Event], stop_strings: list[str]) -> Iterator[StreamDelta]:
-    prompt_ids = plan.input_ids[0].tolist()
-    truncated = plan.prompt_truncated
-    if config.num_beams > 1:
-        yield _beam_delta(model, tokenizer, plan, config, rng, prompt_ids, stop_strings)
+def _stream(model: Any, request: StreamRequest, stop_event: Optional[threading.Event]) -> Iterator[StreamDelta]:
+    if request.beam:
+        yield _beam_delta(model, request.tokenizer, request.plan, request.config, request.rng, request.prompt_ids,
+                          request.stop_strings)
         return
-
-    generated: list[int] = []
-    emitted = ""  # text yielded so far, always a prefix of the final continuation
-    steps = _greedy_or_sample_steps(model, plan, config, rng)
+    streamer = request.streamer()
+    steps = _greedy_or_sample_steps(model, request.plan, request.config, request.rng)
     try:
         while True:
             if stop_event is not None and stop_event.is_set():
-                text = continuation_text(tokenizer, prompt_ids, generated)
-                yield StreamDelta(text[len(emitted):], [], [], True, "cancelled", truncated)
+                yield streamer.finish("cancelled")
                 return
             step = next(steps)
             token = int(step.tokens[0])
-            prob = float(step.scores[0].softmax(dim=-1)[token])
-            generated.append(token)
-            reason = None
-            if not bool(step.unfinished[0]):
-                reason = "eos"
-            elif step.length == plan.prompt_length + plan.max_new_tokens:
-                reason = "length"
-            if stop_strings:
-                text = continuation_text(tokenizer, prompt_ids, generated)
-                hits = [text.find(s, 0) + len(s) for s in stop_strings if s in text]
-                if hits:
-                    end = max(min(hits), len(emitted))
-                    yield StreamDelta(text[len(emitted):end], [token], [prob], True, "stop_string", truncated)
-                    return
-            if reason is not None:
-                text = continuation_text(tokenizer, prompt_ids, generated)
-                yield StreamDelta(text[len(emitted):], [token], [prob], True, reason, truncated)
+            delta = streamer.push(token, float(step.scores[0].softmax(dim=-1)[token]))
+            yield delta
+            if delta.finished:
                 return
-            stable = continuation_text(tokenizer, prompt_ids, generated[:_stable_prefix_end(tokenizer, generated)])
-            new_text = stable[len(emitted):] if stable.startswith(emitted) else ""
-            emitted += new_text
-            yield StreamDelta(new_text, [token], [prob], False, None, truncated)
     finally:
         steps.close()  # stops the decoding loop and frees its cache, also when our consumer closes us
 

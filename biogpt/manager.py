@@ -17,7 +17,7 @@ import time
 import warnings
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
@@ -121,10 +121,25 @@ class LoadedModel:
     last_used: float  # time.time() of the latest get/use
     source_path: str  # what was actually loaded (the demo directory for `demo`, the resolved local path)
     in_use: int = 0
+    # Objects that live as long as the model is loaded (e.g. the app's batching engine), see `attach`.
+    attachments: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> str:
         return self.spec.device
+
+    def attach(self, name: str, factory: Callable[[], Any]) -> Any:
+        """The object attached under `name`, made by `factory()` on first use (once, whatever the number of threads).
+
+        When the manager unloads or evicts the model it calls the `close()` of every attachment (outside its lock).
+        """
+        with _ATTACH_LOCK:
+            if name not in self.attachments:
+                self.attachments[name] = factory()
+            return self.attachments[name]
+
+
+_ATTACH_LOCK = threading.Lock()
 
 
 Loader = Callable[[ModelSpec, str, Optional[ProgressCallback]], tuple[Any, Any]]
@@ -228,6 +243,9 @@ class ModelManager:
         self._lock = threading.RLock()
         self._models: "OrderedDict[ModelSpec, LoadedModel]" = OrderedDict()  # least recently used first
         self._loading: dict[ModelSpec, Future] = {}
+        self._unloaded: list[LoadedModel] = []  # dropped under the lock, their attachments closed after it
+        # Called with each LoadedModel the manager unloads or evicts (after its attachments are closed).
+        self.on_unload: list[Callable[[LoadedModel], None]] = []
 
     @classmethod
     def from_settings(cls, settings: ManagerSettings, loader: Optional[Loader] = None) -> "ModelManager":
@@ -256,6 +274,7 @@ class ModelManager:
                 loaded.last_used = time.time()
                 # Models kept over the limits because they were in use can go now.
                 dropped = self._enforce_limits(keep=None)
+            self._close_unloaded()
             if dropped:
                 self._release_memory(None)
 
@@ -269,6 +288,7 @@ class ModelManager:
                 raise ModelInUseError(f"{spec.source} is in use by {loaded.in_use} running generation(s); "
                                       "unload it when they finish.")
             self._drop(spec)
+        self._close_unloaded()
         self._release_memory(spec.device)
         return True
 
@@ -278,6 +298,7 @@ class ModelManager:
             for spec in [s for s, m in self._models.items() if not m.in_use]:
                 self._drop(spec)
             left = list(self._models)
+        self._close_unloaded()
         self._release_memory(None)
         return left
 
@@ -352,6 +373,7 @@ class ModelManager:
             del self._loading[spec]
             dropped = self._enforce_limits(keep=spec)
         future.set_result(loaded)
+        self._close_unloaded()
         if dropped:
             self._release_memory(None)
         return loaded
@@ -404,8 +426,30 @@ class ModelManager:
 
     def _drop(self, spec: ModelSpec) -> None:
         # Only the registry's reference goes: a caller still holding the LoadedModel keeps a working model, and
-        # the memory is freed (by _release_memory, outside the lock) once nobody refers to it.
-        del self._models[spec]
+        # the memory is freed (by _release_memory, outside the lock) once nobody refers to it. Its attachments are
+        # closed by _close_unloaded, also outside the lock.
+        self._unloaded.append(self._models.pop(spec))
+
+    def _close_unloaded(self) -> None:
+        """Close the attachments of the models just dropped and tell the `on_unload` hooks (lock not held)."""
+        with self._lock:
+            dropped, self._unloaded = self._unloaded, []
+        for loaded in dropped:
+            with _ATTACH_LOCK:
+                attachments = list(loaded.attachments.values())
+                loaded.attachments.clear()
+            for obj in attachments:
+                try:
+                    close = getattr(obj, "close", None)
+                    if callable(close):
+                        close()
+                except Exception:
+                    logger.exception("Closing an attachment of %s failed.", loaded.spec.source)
+            for hook in list(self.on_unload):
+                try:
+                    hook(loaded)
+                except Exception:
+                    logger.exception("An on_unload hook failed for %s.", loaded.spec.source)
 
     @staticmethod
     def _release_memory(device: Optional[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Optional, Union
 
@@ -157,6 +158,109 @@ class KVCache:
         return len(self.keys)
 
 
+class StaticKVCache(KVCache):
+    """A `KVCache` whose decode steps keep every shape fixed, for CUDA graphs / `torch.compile(mode="reduce-overhead")`.
+
+    Prefill (while `index` is None) works like `KVCache`. For decode steps the caller sets `index`, a one-element
+    long tensor holding the slot to write: `update` copies the new key/value there with `index_copy_` and returns
+    the whole buffers, so attention always spans the full capacity and the caller's boolean key mask (see
+    `static_decode_step`) hides the slots not written yet. No Python integer that changes from step to step enters
+    the computation.
+    """
+
+    index: Optional[torch.Tensor] = None
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.index is None:
+            return super().update(layer_idx, key, value)
+        self.keys[layer_idx].index_copy_(2, self.index, key)
+        self.values[layer_idx].index_copy_(2, self.index, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+def static_decode_step(model: "BioGptForCausalLM", tokens: torch.Tensor, position_ids: torch.Tensor,
+                       key_mask: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+    """Logits (rows, vocab) for `tokens` (rows, 1) at `position_ids` (rows, 1), written at `cache.index`.
+
+    `key_mask` (rows, capacity) bool marks the slots each row may attend to (its real prompt tokens, the generated
+    ones and the current one). Every tensor has the same shape at every step, so this function can be captured by
+    CUDA graphs or compiled once; it gives the same tokens as the default (growing-view) path.
+    """
+    base = model.base_model
+    hidden = base.embed_tokens(tokens) * base.embed_scale
+    hidden = hidden + base.embed_positions(position_ids + POSITION_OFFSET).to(hidden.dtype)
+    mask = key_mask[:, None, None, :]
+    for layer in base.layers:
+        hidden, _ = layer(hidden, mask, cache)
+    hidden = base.layer_norm(hidden)
+    return model.output_projection(hidden)[:, -1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference linear layers on CPU
+# ----------------------------------------------------------------------------------------------------------------
+# For few rows (decoding), ATen's addmm goes to MKL, which runs a (1, k) x (k, n) product on one core; oneDNN's
+# inner-product primitive uses every thread, which is ~2x faster per token on a memory-bound CPU (same fp32
+# arithmetic, accumulation order aside). bf16 additionally wants its weights reordered once into oneDNN's blocked
+# layout (~2.5x faster than the plain layout); that copy lives outside the module (no parameter/buffer, so
+# state_dict(), save_pretrained and deepcopy are untouched) and is rebuilt whenever the weight changes.
+# BIOGPT_ONEDNN=0 turns all of this off (plain F.linear everywhere).
+_ONEDNN_STATE: dict[str, bool] = {}
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _onednn_available() -> bool:
+    ok = _ONEDNN_STATE.get("ok")
+    if ok is None:
+        ok = os.environ.get("BIOGPT_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+        if ok:
+            try:
+                with torch.no_grad():
+                    probe = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ones(2, 4), None, "none", [], "")
+                ok = bool(probe.eq(4).all())
+            except Exception:  # an older torch or a build without oneDNN: keep ATen's path
+                ok = False
+        _ONEDNN_STATE["ok"] = ok
+    return ok
+
+
+def _packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
+    weight = module.weight
+    try:
+        key = (weight.data_ptr(), weight._version)
+    except RuntimeError:  # an inference-mode tensor has no version counter: do not cache what could go stale
+        return None
+    cached = _PACKED.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+    except Exception:
+        return None
+    _PACKED[module] = (key, packed)
+    return packed
+
+
+def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, through oneDNN for a plain nn.Linear on CPU when no gradient is needed (see above)."""
+    if type(module) is not nn.Linear or module._forward_hooks or module._forward_pre_hooks \
+            or "forward" in module.__dict__ or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return module(x)  # (under torch.compile, inductor chooses its own CPU kernels)
+    weight, bias = module.weight, module.bias
+    if (x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or not weight.is_contiguous()
+            or (bias is not None and bias.dtype != x.dtype)
+            or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
+                                             or (bias is not None and bias.requires_grad)))
+            or not _onednn_available()):
+        return module(x)
+    if x.dtype == torch.bfloat16:
+        packed = _packed_weight(module)
+        weight = packed if packed is not None else weight
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Attention
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,9 +311,9 @@ class BioGptAttention(nn.Module):
         """`mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention."""
         batch, length, _ = hidden_states.shape
         split = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(split).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(split).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(split).transpose(1, 2)
+        query = _linear(self.q_proj, hidden_states).view(split).transpose(1, 2)
+        key = _linear(self.k_proj, hidden_states).view(split).transpose(1, 2)
+        value = _linear(self.v_proj, hidden_states).view(split).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(self.layer_idx, key, value)
 
@@ -248,7 +352,7 @@ class BioGptAttention(nn.Module):
                 attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                           scale=self.scaling)
         attended = attended.transpose(1, 2).reshape(batch, length, -1)
-        return self.out_proj(attended), weights
+        return _linear(self.out_proj, attended), weights
 
 
 def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
@@ -292,8 +396,8 @@ class BioGptDecoderLayer(nn.Module):
         attended, weights = self.self_attn(self.self_attn_layer_norm(hidden_states), mask, cache, head_mask,
                                            output_attentions)
         hidden_states = hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
-        inner = self.activation(self.fc1(self.final_layer_norm(hidden_states)))
-        inner = self.fc2(F.dropout(inner, p=self.activation_dropout, training=self.training))
+        inner = self.activation(_linear(self.fc1, self.final_layer_norm(hidden_states)))
+        inner = _linear(self.fc2, F.dropout(inner, p=self.activation_dropout, training=self.training))
         hidden_states = hidden_states + F.dropout(inner, p=self.dropout, training=self.training)
         return hidden_states, weights
 
@@ -411,6 +515,17 @@ def _set_parameter(module: nn.Module, dotted_name: str, parameter: nn.Parameter)
     setattr(owner, attr, parameter)
 
 
+def _embedding(num: int, dim: int, padding_idx: Optional[int] = None) -> nn.Embedding:
+    """nn.Embedding; when built under `torch.device("meta")` (loading), without its random init.
+
+    `normal_` on a meta tensor goes through torch._refs, whose first use imports torch._dynamo (~2 s of a cold
+    `from_pretrained`); the values are about to be replaced by the checkpoint's anyway.
+    """
+    if torch.empty(0).is_meta:
+        return nn.Embedding(num, dim, padding_idx=padding_idx, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim, padding_idx=padding_idx)
+
+
 class BioGptModel(BioGptPreTrainedModel):
     """The decoder: token + position embeddings, `num_hidden_layers` pre-LN blocks, a final LayerNorm."""
 
@@ -419,8 +534,8 @@ class BioGptModel(BioGptPreTrainedModel):
     def __init__(self, config: BioGptConfig):
         super().__init__(config)
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, config.hidden_size)
+        self.embed_tokens = _embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = _embedding(config.max_position_embeddings + POSITION_OFFSET, config.hidden_size)
         self.layers = nn.ModuleList(BioGptDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
         self.dropout = config.hidden_dropout_prob

@@ -336,3 +336,150 @@ def test_the_ui_asks_the_library_about_devices_and_has_no_tensor_code(bench: Wor
     with pytest.raises(gr.Error) as excinfo:
         bench.load_model(state["source"], "flash_attention_2", "auto", False, "auto", state, progress=None)
     assert _error(excinfo) == "flash_attention_2 is unavailable: no flash here. Choose sdpa or eager."
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation through each model's batching engine
+# --------------------------------------------------------------------------------------------------------------
+def _slow_forward(model, delay: float = 0.01):
+    """Patch `model.forward` to sleep a little per call (so that concurrent requests overlap); returns the undo."""
+    original = model.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(delay)
+        return original(*args, **kwargs)
+
+    model.forward = slow
+    return lambda: setattr(model, "forward", original)
+
+
+def _wait(condition, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_concurrent_generations_are_batched_and_equal_solo_runs(bench: Workbench, state: dict) -> None:
+    from ui.handlers import generation_engine
+
+    prompts = ["Ibuprofen is best used for", "COVID-19 is"]  # different lengths: the merged batch is left-padded
+    params = dict(GREEDY, max_new_tokens=40)
+    list(bench.generate("warm up", max_new_tokens=2, state=state, **GREEDY))
+    loaded = bench.manager.get(bench.spec(state))
+    engine = generation_engine(loaded)
+    assert engine is generation_engine(loaded), "one engine per loaded model"
+
+    solo_texts, solo_forwards = [], 0
+    for prompt in prompts:
+        before = engine.forward_count
+        solo_texts.append(list(bench.generate(prompt, state=state, **params))[-1][0])
+        solo_forwards += engine.forward_count - before
+
+    undo = _slow_forward(loaded.model)
+    results: list = [None, None]
+    barrier = threading.Barrier(len(prompts))
+
+    def user(i: int) -> None:
+        barrier.wait()
+        results[i] = list(bench.generate(prompts[i], state=state, request=_request(f"batched-{i}"), **params))
+
+    try:
+        before = engine.forward_count
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        batched_forwards = engine.forward_count - before
+    finally:
+        undo()
+    assert [updates[-1][0] for updates in results] == solo_texts
+    assert all("finished:" in updates[-1][2] and "stopped" not in updates[-1][2] for updates in results)
+    assert batched_forwards < solo_forwards, "the two requests were not decoded in shared forwards"
+
+
+def test_stop_and_a_closed_client_stop_the_engine(bench: Workbench, state: dict) -> None:
+    from ui.handlers import generation_engine
+
+    list(bench.generate("warm up", max_new_tokens=2, state=state, **GREEDY))
+    loaded = bench.manager.get(bench.spec(state))
+    engine = generation_engine(loaded)
+    undo = _slow_forward(loaded.model)
+    try:
+        # Stop: the engine's forward count stops growing within a step.
+        run = bench.generate("Ibuprofen is best used for", max_new_tokens=200, state=state,
+                             request=_request("engine-stop"), **GREEDY)
+        updates = [next(run) for _ in range(3)]
+        bench.stop(_request("engine-stop"))
+        updates.extend(run)
+        assert updates[-1][2].endswith("finished: stopped")
+        assert _wait(lambda: engine.active_count == 0)
+        frozen = engine.forward_count
+        time.sleep(0.2)
+        assert engine.forward_count == frozen, "the engine kept decoding after Stop"
+
+        # A client that goes away: Gradio closes the handler's generator; the request leaves the batch.
+        run = bench.generate("Aspirin inhibits", max_new_tokens=200, state=state, request=_request("gone"),
+                             **GREEDY)
+        for _ in range(3):
+            next(run)
+        run.close()
+        assert _wait(lambda: engine.active_count == 0 and engine.pending_count == 0)
+        frozen = engine.forward_count
+        time.sleep(0.2)
+        assert engine.forward_count == frozen, "the engine kept decoding for a client that went away"
+    finally:
+        undo()
+
+
+def test_beam_search_bypasses_the_engine(bench: Workbench, state: dict) -> None:
+    from ui.handlers import generation_engine
+
+    engine = generation_engine(bench.manager.get(bench.spec(state)))
+    before = engine.forward_count, engine.prefill_count
+    updates = list(bench.generate("COVID-19 is", state=state, **dict(GREEDY, mode="beam", num_beams=3,
+                                                                      max_new_tokens=8)))
+    assert updates[-1][0].startswith("COVID-19 is") and "finished:" in updates[-1][2]
+    assert (engine.forward_count, engine.prefill_count) == before
+
+
+def test_unloading_or_evicting_the_model_closes_its_engine(checkpoints: Checkpoints) -> None:
+    manager = ModelManager(max_models=1)
+    bench = Workbench(manager, AppSettings(model=checkpoints.lm, max_new_tokens=64))
+    state = bench.default_state()
+    spec = bench.spec(state)
+    closed: list = []
+    manager.on_unload.append(lambda loaded: closed.append(loaded.spec))
+
+    list(bench.generate("COVID-19 is", max_new_tokens=4, state=state, **GREEDY))
+    engine = manager.get(spec).attachments["batching-engine"]
+    thread = engine._thread
+    assert thread is not None and thread.is_alive()
+    assert manager.unload(spec)
+    assert not thread.is_alive(), "the engine thread outlived its model"
+    assert closed == [spec]
+
+    # Eviction (max_models=1): loading another model closes the engine of the one it replaces.
+    list(bench.generate("COVID-19 is", max_new_tokens=4, state=state, **GREEDY))
+    loaded = manager.get(spec)
+    engine = loaded.attachments["batching-engine"]
+    assert engine._thread.is_alive()
+    manager.get(bench.spec(state, "token-classification", checkpoints.ner))
+    assert not manager.loaded(spec)
+    assert not engine._thread.is_alive() and not loaded.attachments
+    assert closed == [spec, spec]
+
+
+def test_generate_event_runs_requests_concurrently(checkpoints: Checkpoints, monkeypatch) -> None:
+    from app import build_app
+
+    monkeypatch.setenv("BIOGPT_GENERATE_CONCURRENCY", "6")
+    settings = AppSettings.from_env()
+    assert settings.generate_concurrency == 6
+    assert AppSettings.from_env({}).generate_concurrency == 8
+    demo = build_app(ModelManager(max_models=1), AppSettings(model=checkpoints.lm, preload=False))
+    generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    assert (generate.concurrency_limit, generate.concurrency_id) == (8, "generate")

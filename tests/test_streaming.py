@@ -221,3 +221,36 @@ def test_stream_accepts_the_tokenizer_output_unpacked(model, tokenizer):
     streamed = "".join(d.text for d in model.stream(**inputs, tokenizer=tokenizer, max_new_tokens=6))
     ids = model.generate(**inputs, max_new_tokens=6)
     assert streamed == continuation_text(tokenizer, inputs["input_ids"][0].tolist(), ids[0, inputs["input_ids"].shape[1]:].tolist())
+
+
+def test_delta_streamer_is_the_text_rule_of_stream_generate(model, tokenizer):
+    """`DeltaStreamer` (shared by `stream_generate` and the batching engine) fed a stream's tokens gives its deltas."""
+    from biogpt.generation import DeltaStreamer, prepare_stream
+
+    rng = random.Random(7)
+    for i in range(15):
+        prompt = _random_prompt(rng)
+        params = dict(max_new_tokens=rng.randint(1, 25), do_sample=True, seed=i, eos_token_id=[],
+                      stop_strings=["e"] if i % 3 == 0 else None)
+        deltas = list(stream_generate(model, tokenizer, prompt, **params))
+        request = prepare_stream(model, tokenizer, prompt, **params)
+        streamer = request.streamer()
+        replay = [streamer.push(d.token_ids[0], d.probs[0]) for d in deltas]
+        assert replay == deltas and streamer.finished
+        with pytest.raises(RuntimeError):
+            streamer.push(5, 0.5)
+
+    # finish(): the text held back so far, then nothing more; before any token, an empty text.
+    prompt_ids = tokenizer("The", return_tensors="pt")["input_ids"][0].tolist()
+    generated = tokenizer("protein p53 regulates the", add_special_tokens=False)["input_ids"]
+    streamer = DeltaStreamer(tokenizer, prompt_ids, eos_token_ids=[2], max_new_tokens=50, prompt_truncated=True)
+    shown = "".join(streamer.push(token, 0.5).text for token in generated)
+    last = streamer.finish("cancelled")
+    assert last.finished and last.finish_reason == "cancelled" and last.token_ids == [] and last.prompt_truncated
+    assert shown + last.text == continuation_text(tokenizer, prompt_ids, generated)
+    empty = DeltaStreamer(tokenizer, prompt_ids).finish("cancelled")
+    assert (empty.text, empty.finished, empty.finish_reason) == ("", True, "cancelled")
+    # max_new_tokens and eos end the stream on the token itself.
+    ending = DeltaStreamer(tokenizer, prompt_ids, eos_token_ids=[2], max_new_tokens=2)
+    assert not ending.push(generated[0], 0.1).finished and ending.push(generated[1], 0.1).finish_reason == "length"
+    assert DeltaStreamer(tokenizer, prompt_ids, eos_token_ids=[2]).push(2, 0.9).finish_reason == "eos"

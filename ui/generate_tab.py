@@ -52,8 +52,11 @@ def build_generate_tab(bench: Workbench, panel: ModelPanel, examples: list[str])
     inputs = [prompt, mode, max_new_tokens, temperature, top_p, top_k, repetition_penalty, no_repeat, num_beams,
               seed, panel.state]
     outputs = [output, confidence, stats]
+    # Generation requests run side by side (BIOGPT_GENERATE_CONCURRENCY, default 8) so that each model's batching
+    # engine can merge them into one forward per step; the other events keep the queue's default limit.
     running = gr.on([run.click, prompt.submit], bench.generate, inputs, outputs, api_name="generate",
-                    show_progress="minimal")
+                    show_progress="minimal", concurrency_limit=bench.settings.generate_concurrency,
+                    concurrency_id="generate")
     running.then(bench.status, panel.state, panel.status, api_name="status_after_generate", api_visibility="private",
                  queue=False)  # the model is loaded now
     # Both halves are needed: the event sets the loop's stop flag, `cancels` ends the Gradio job.

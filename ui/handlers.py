@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import html
+import importlib.util
 import itertools
 import json
 import os
@@ -67,6 +68,7 @@ class AppSettings:
     model: Optional[str] = None          # None: microsoft/biogpt if cached or reachable, else the bundled demos
     preload: bool = True                 # load the default model in the background once the server is up
     concurrency: Optional[int] = None    # None: 2 on CPU, 4 on a GPU
+    generate_concurrency: int = 8        # generate jobs at once: merged into one batch per model by its engine
     max_queue: int = 64
     max_new_tokens: int = 512
     max_prompt_chars: int = 4_000
@@ -84,6 +86,7 @@ class AppSettings:
             model=env.get("BIOGPT_MODEL") or None,
             preload=_env_bool(env, "BIOGPT_PRELOAD", True),
             concurrency=_env_int(env, "BIOGPT_CONCURRENCY", None),
+            generate_concurrency=max(1, _env_int(env, "BIOGPT_GENERATE_CONCURRENCY", cls.generate_concurrency)),
             max_queue=_env_int(env, "BIOGPT_MAX_QUEUE", cls.max_queue),
             max_new_tokens=_env_int(env, "BIOGPT_MAX_NEW_TOKENS", cls.max_new_tokens),
             max_prompt_chars=_env_int(env, "BIOGPT_MAX_PROMPT_CHARS", cls.max_prompt_chars),
@@ -127,14 +130,43 @@ def check_choice(name: str, value: Any, choices: tuple) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The one place a generation stream is run: swap this for the batching engine without touching the handlers.
+# The one place a generation stream is run: through the model's batching engine, so that concurrent requests
+# share one forward per decoding step.
 # --------------------------------------------------------------------------------------------------------------
-@gpu
-def run_generation_stream(loaded: Any, prompt: str, stop_event: threading.Event, params: dict) -> Iterator[Any]:
-    """Yield `StreamDelta`s for `prompt` on the loaded causal LM until done or until `stop_event` is set."""
-    from biogpt.generation import stream_generate
+ENGINE_ATTACHMENT = "batching-engine"
+# On a ZeroGPU Space each `@spaces.GPU` call runs in a GPU worker of its own: a long-lived engine thread holding
+# the model cannot live there, so generation runs solo through `stream_generate`.
+_SOLO_ONLY = importlib.util.find_spec("spaces") is not None
 
-    yield from stream_generate(loaded.model, loaded.tokenizer, prompt=prompt, stop_event=stop_event, **params)
+
+def generation_engine(loaded: Any, max_batch_size: int = AppSettings.generate_concurrency) -> Any:
+    """The `BatchingEngine` of this loaded causal LM: made on first use, closed by the manager when it unloads the
+    model (it is a `LoadedModel` attachment)."""
+    from biogpt.batching import BatchingEngine
+
+    return loaded.attach(ENGINE_ATTACHMENT,
+                         lambda: BatchingEngine(loaded.model, loaded.tokenizer, max_batch_size=max_batch_size))
+
+
+@gpu
+def run_generation_stream(loaded: Any, prompt: str, stop_event: threading.Event, params: dict,
+                          max_batch_size: int = AppSettings.generate_concurrency) -> Iterator[Any]:
+    """Yield `StreamDelta`s for `prompt` on the loaded causal LM until done or until `stop_event` is set.
+
+    Greedy and sampling go through the model's batching engine (up to `max_batch_size` requests decode together);
+    beam search, which the engine would run alone anyway, goes straight to `stream_generate`. Closing this iterator
+    (a client that went away) cancels the request before the next step.
+    """
+    if params.get("num_beams", 1) > 1 or _SOLO_ONLY:
+        from biogpt.generation import stream_generate
+
+        yield from stream_generate(loaded.model, loaded.tokenizer, prompt=prompt, stop_event=stop_event, **params)
+        return
+    stream = generation_engine(loaded, max_batch_size).stream(prompt, stop_event=stop_event, **params)
+    try:
+        yield from stream
+    finally:
+        stream.close()
 
 
 @gpu
@@ -378,16 +410,23 @@ class Workbench:
                     check_beam_memory(params["num_beams"], params["max_new_tokens"],
                                       prompt_tokens=len(loaded.tokenizer(prompt)["input_ids"]),
                                       max_positions=loaded.model.config.max_position_embeddings)
-                for delta in run_generation_stream(loaded, prompt, stop_event, params):
-                    count += len(delta.token_ids)
-                    truncated = truncated or bool(delta.prompt_truncated)
-                    if delta.text:
-                        probs = list(delta.probs or [])
-                        pieces.append((delta.text, min(probs) if probs else 1.0))
-                        text += delta.text
-                    if delta.finished:
-                        reason = delta.finish_reason or ""
-                    yield prompt + text, confidence_html(prompt, pieces), self._stats(count, started, None, False)
+                stream = run_generation_stream(loaded, prompt, stop_event, params,
+                                               self.settings.generate_concurrency)
+                try:
+                    for delta in stream:
+                        count += len(delta.token_ids)
+                        truncated = truncated or bool(delta.prompt_truncated)
+                        if delta.text:
+                            probs = list(delta.probs or [])
+                            pieces.append((delta.text, min(probs) if probs else 1.0))
+                            text += delta.text
+                        if delta.finished:
+                            reason = delta.finish_reason or ""
+                        yield prompt + text, confidence_html(prompt, pieces), self._stats(count, started, None, False)
+                finally:  # a client that went away closes us: cancel the request now, not when collected
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
         except BioGptError as exc:
             raise gr.Error(str(exc)) from exc
         finally:
