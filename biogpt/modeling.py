@@ -218,7 +218,7 @@ def _onednn_available() -> bool:
                 with torch.no_grad():
                     probe = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ones(2, 4), None, "none", [], "")
                 ok = bool(probe.eq(4).all())
-            except Exception:  # an older torch or a build without oneDNN: keep ATen's path
+            except (RuntimeError, AttributeError, NotImplementedError):  # op absent from this torch build: ATen
                 ok = False
         _ONEDNN_STATE["ok"] = ok
     return ok
@@ -235,7 +235,7 @@ def _packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
         return cached[1]
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-    except Exception:
+    except (RuntimeError, AttributeError, NotImplementedError):  # no reorder for this shape/build: plain layout
         return None
     _PACKED[module] = (key, packed)
     return packed
