@@ -134,7 +134,7 @@ class RequestStream:
         try:
             if not self._finished:
                 self.cancel()
-        except Exception:  # interpreter shutdown
+        except (AttributeError, TypeError, RuntimeError):  # interpreter shutdown: module globals already gone
             pass
 
 
@@ -167,7 +167,11 @@ class BatchingEngine:
         # Running batch state (worker thread only).
         self._rows: list[_Request] = []
         self._cache: Optional[KVCache] = None
-        self._mask: Optional[torch.Tensor] = None  # (rows, cache.length) long: 0 = padding
+        # (rows, >= cache.length + 1) long buffer: 0 = padding; columns from cache.length on are 1 (the tokens to
+        # come), so a step's mask is a view, never a per-step cat.
+        self._mask: Optional[torch.Tensor] = None
+        self._padded = False  # whether any row has a padding column (else the model gets attention_mask=None)
+        self._positions: Optional[torch.Tensor] = None  # (rows, 1) long: each row's next position (real tokens)
         self._last: Optional[torch.Tensor] = None  # (rows,) the token each row feeds next
 
     # -- public API --------------------------------------------------------------------------------------------
@@ -254,6 +258,27 @@ class BatchingEngine:
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._last = [], None, None, None
+        self._positions, self._padded = None, False
+
+    def _set_batch(self, rows: list, cache: KVCache, mask: torch.Tensor, last: torch.Tensor) -> None:
+        """Install a running batch; `mask` (rows, cache.length) marks real tokens (0 = padding)."""
+        self._rows, self._cache, self._last = rows, cache, last
+        self._set_mask(mask)
+
+    def _set_mask(self, mask: torch.Tensor) -> None:
+        """Build the step state from a (rows, cache.length) mask: the ones-padded buffer, the flag, the positions."""
+        length = mask.shape[1]
+        width = max(self._cache.capacity, length + 1)
+        buffer = torch.ones(mask.shape[0], width, dtype=torch.long, device=mask.device)
+        buffer[:, :length] = mask
+        self._mask = buffer
+        self._padded = not bool(mask.all())
+        # The model's own rule (`_positions_from_mask`): a new token's position = real tokens before it.
+        self._positions = mask.sum(dim=1, keepdim=True).to(torch.long)
+
+    def _current_mask(self) -> torch.Tensor:
+        """(rows, cache.length) view of the mask of the running batch."""
+        return self._mask[:, :self._cache.length]
 
     # -- admission: prefill new requests and merge them into the running batch ------------------------------------
     def _admit(self) -> None:
@@ -273,7 +298,7 @@ class BatchingEngine:
             return
         parts = []
         if self._rows:
-            parts.append((self._rows, self._cache, self._mask, self._last))
+            parts.append((self._rows, self._cache, self._current_mask(), self._last))
         # Prefill by prompt length so that no prefill is padded (as exact as a solo prefill).
         new.sort(key=lambda r: r.plan.prompt_length)
         for _, group in itertools.groupby(new, key=lambda r: r.plan.prompt_length):
@@ -334,7 +359,7 @@ class BatchingEngine:
     def _merge(self, parts) -> None:
         """Right-align several (rows, cache, mask, last) parts into one batch cache with left padding."""
         if len(parts) == 1:
-            self._rows, self._cache, self._mask, self._last = parts[0]
+            self._set_batch(*parts[0])
             return
         length = max(cache.length for _, cache, _, _ in parts)
         rows = [r for part in parts for r in part[0]]
@@ -350,22 +375,32 @@ class BatchingEngine:
             mask[start:end, offset:] = part_mask
             start = end
         merged.length = length
-        self._rows, self._cache, self._mask = rows, merged, mask
-        self._last = torch.cat([part[3] for part in parts])
+        self._set_batch(rows, merged, mask, torch.cat([part[3] for part in parts]))
 
     # -- one decoding step -----------------------------------------------------------------------------------
     def _step(self) -> None:
-        model = self.model
-        ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self._mask.device)
-        self._mask = torch.cat([self._mask, ones], dim=1)
-        logits = model(self._last[:, None], attention_mask=self._mask, past_key_values=self._cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
+        model, cache = self.model, self._cache
+        if self._padded:  # positions are passed, so the model does not recount the mask every step
+            width = cache.length + 1
+            if self._mask.shape[1] < width:  # the cache grew past the buffer: extend it with real columns
+                extra = torch.ones(self._mask.shape[0], width - self._mask.shape[1], dtype=self._mask.dtype,
+                                   device=self._mask.device)
+                self._mask = torch.cat([self._mask, extra], dim=1)
+            logits = model(self._last[:, None], attention_mask=self._mask[:, :width], position_ids=self._positions,
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        else:  # no padding anywhere: the model's causal fast path, positions = cache length
+            logits = model(self._last[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        self._positions += 1
         self.forward_count += 1
-        plain = [i for i, r in enumerate(self._rows) if r.greedy_plain]
-        argmax = logits[plain].argmax(dim=-1).tolist() if plain else []
-        fast = dict(zip(plain, argmax))
+        logits = logits.float()  # once for the batch (exact, the same values as per row)
+        rows = self._rows
+        plain = [i for i, r in enumerate(rows) if r.greedy_plain]
+        fast: dict[int, int] = {}
+        if plain:
+            picked = logits.argmax(dim=-1) if len(plain) == len(rows) else logits[plain].argmax(dim=-1)
+            fast = dict(zip(plain, picked.tolist()))
         next_tokens = []
-        for i, request in enumerate(self._rows):
+        for i, request in enumerate(rows):
             request.forwards += 1
             try:
                 token = self._choose(request, logits[i:i + 1], fast.get(i))
@@ -417,8 +452,10 @@ class BatchingEngine:
         index = torch.tensor(keep, device=device)
         self._rows = [self._rows[i] for i in keep]
         self._mask, self._last = self._mask[index], self._last[index]
+        self._positions = self._positions[index]
         self._cache.reorder(index)
-        used = self._mask.sum(dim=0).nonzero()
+        mask = self._current_mask()
+        used = mask.sum(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
         if start > 0:  # leading columns that no remaining row attends to
             cache = self._cache
@@ -427,6 +464,7 @@ class BatchingEngine:
                 cache.values[layer] = cache.values[layer][:, :, start:].clone()
             cache.length -= start
             self._mask = self._mask[:, start:]
+        self._padded = not bool(self._current_mask().all())
 
     def _send(self, request: _Request, delta: StreamDelta) -> None:
         if delta.finished:
