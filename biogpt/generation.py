@@ -672,15 +672,18 @@ class StreamDelta:
     prompt_truncated: bool = False
 
 
-def continuation_text(tokenizer: Any, prompt_ids: list[int], generated_ids: list[int]) -> str:
+def continuation_text(tokenizer: Any, prompt_ids: list[int], generated_ids: list[int],
+                      decoded_prompt: Optional[str] = None) -> str:
     """The continuation as it reads in context: decode(prompt + generated) minus the decoded prompt.
 
     Decoding the whole sequence matters because Moses detokenization is context-dependent ("for" + "." is
     "for.", "for" + "the" is "for the"). Should the prompt's own text ever render differently in context, only the
-    part it shares with the decoded prompt is removed.
+    part it shares with the decoded prompt is removed. Streaming passes `decoded_prompt` (the prompt alone, decoded
+    once per request) so that each token costs one decode, not two.
     """
     full = tokenizer.decode(list(prompt_ids) + list(generated_ids), skip_special_tokens=True)
-    prompt = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+    prompt = decoded_prompt if decoded_prompt is not None else tokenizer.decode(list(prompt_ids),
+                                                                                 skip_special_tokens=True)
     shared = 0
     for a, b in zip(full, prompt):
         if a != b:
@@ -729,6 +732,7 @@ class DeltaStreamer:
                  max_new_tokens: Optional[int] = None, stop_strings: Any = (), prompt_truncated: bool = False):
         self.tokenizer = tokenizer
         self.prompt_ids = list(prompt_ids)
+        self.decoded_prompt = tokenizer.decode(self.prompt_ids, skip_special_tokens=True)
         self.eos_token_ids = set(eos_token_ids or ())
         self.max_new_tokens = max_new_tokens
         self.stop_strings = list(stop_strings or ())
@@ -739,7 +743,8 @@ class DeltaStreamer:
 
     def text(self, generated: Optional[list[int]] = None) -> str:
         """The continuation of `generated` (all tokens so far by default) as it reads after the prompt."""
-        return continuation_text(self.tokenizer, self.prompt_ids, self.generated if generated is None else generated)
+        return continuation_text(self.tokenizer, self.prompt_ids, self.generated if generated is None else generated,
+                                 self.decoded_prompt)
 
     def push(self, token_id: int, prob: float) -> StreamDelta:
         if self.finished:

@@ -254,3 +254,22 @@ def test_delta_streamer_is_the_text_rule_of_stream_generate(model, tokenizer):
     ending = DeltaStreamer(tokenizer, prompt_ids, eos_token_ids=[2], max_new_tokens=2)
     assert not ending.push(generated[0], 0.1).finished and ending.push(generated[1], 0.1).finish_reason == "length"
     assert DeltaStreamer(tokenizer, prompt_ids, eos_token_ids=[2]).push(2, 0.9).finish_reason == "eos"
+
+
+def test_streaming_decodes_the_prompt_once_per_request(model, tokenizer, monkeypatch):
+    """Each streamed token costs one decode of prompt + continuation; the prompt alone is decoded once."""
+    calls = []
+    original = type(tokenizer).decode
+
+    def counting_decode(self, ids, *args, **kwargs):
+        calls.append(len(ids))
+        return original(self, ids, *args, **kwargs)
+
+    prompt = tokenizer("Ibuprofen is best used for", return_tensors="pt")["input_ids"]
+    monkeypatch.setattr(type(tokenizer), "decode", counting_decode)
+    deltas = list(stream_generate(model, tokenizer, input_ids=prompt, max_new_tokens=8, min_new_tokens=8))
+    monkeypatch.undo()
+    assert len(deltas) == 8
+    assert len(calls) == 1 + len(deltas)  # the prompt alone once, then one decode per token (it was two)
+    assert "".join(d.text for d in deltas) == continuation_text(tokenizer, prompt[0].tolist(),
+                                                                [t for d in deltas for t in d.token_ids])
