@@ -164,8 +164,10 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def find_weights(source: Union[str, os.PathLike], **hub: Any) -> _CheckpointFiles:
-    """Locate the weights: single or sharded safetensors first, then weights-only pickles."""
+def find_weights(source: Union[str, os.PathLike], safetensors: Optional[bool] = None, **hub: Any) -> _CheckpointFiles:
+    """Locate the weights: single or sharded safetensors first, then weights-only pickles.
+
+    `safetensors=True` accepts only safetensors, `False` only pickles (transformers' `use_safetensors`)."""
     text = os.path.expanduser(str(source))
     if Path(text).is_file():
         if text.endswith(".safetensors"):
@@ -175,6 +177,8 @@ def find_weights(source: Union[str, os.PathLike], **hub: Any) -> _CheckpointFile
         raise CheckpointError(f"{text} is neither a .safetensors nor a .bin weights file.")
     local = list_files(source, **{k: hub[k] for k in ("revision", "local_files_only", "cache_dir", "token") if k in hub})
     for name, index, safe in ((SAFE_WEIGHTS, SAFE_INDEX, True), (PT_WEIGHTS, PT_INDEX, False)):
+        if safetensors is not None and safe != safetensors:
+            continue
         if local is None or name in local:
             path = resolve_file(source, name, required=False, **hub)
             if path is not None:
@@ -183,8 +187,10 @@ def find_weights(source: Union[str, os.PathLike], **hub: Any) -> _CheckpointFile
             path = resolve_file(source, index, required=False, **hub)
             if path is not None:
                 return _CheckpointFiles(_shards(source, path, hub), safetensors=safe)
-    raise CheckpointError(f"No weights found in {str(source)!r}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} "
-                          f"or {PT_INDEX}.")
+    expected = {None: f"{SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} or {PT_INDEX}",
+                True: f"{SAFE_WEIGHTS} or {SAFE_INDEX} (use_safetensors=True)",
+                False: f"{PT_WEIGHTS} or {PT_INDEX} (use_safetensors=False)"}[safetensors]
+    raise CheckpointError(f"No weights found in {str(source)!r}: expected {expected}.")
 
 
 def _shards(source, index_path: Path, hub: dict) -> list[Path]:
@@ -233,9 +239,7 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
 
-    files = find_weights(source, **hub, progress=progress) if use_safetensors is not False else None
-    if files is None or (use_safetensors and not files.safetensors):
-        raise CheckpointError(f"use_safetensors={use_safetensors} but {source} has no matching weights file.")
+    files = find_weights(source, safetensors=use_safetensors, **hub, progress=progress)
 
     if device is not None and device_map is not None:
         raise ValueError("Pass either device= or device_map=, not both.")
@@ -259,7 +263,7 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
         quantizer.finalize(model)
     config.torch_dtype = str(target_dtype).replace("torch.", "")
     model.name_or_path = str(source)
-    model.device_plan = plan
+    model.hf_device_map = {prefix: str(device) for prefix, device in plan.items()}  # as transformers names it
     model.eval()
     model._check_backend()
     if hasattr(model, "generate"):  # causal LMs honour the checkpoint's generation_config.json
@@ -318,13 +322,7 @@ def _fill(model: nn.Module, files: _CheckpointFiles, plan: dict, dtype: torch.dt
                 continue
             raise CheckpointError(f"Shape mismatch for {key}: the checkpoint has {tuple(tensor.shape)} but the "
                                   f"config makes {tuple(expected[name])}. Is config.json from the same model?")
-        device = _device_for(name, plan)
-        if tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        if quantizer is not None and quantizer.handles(name):
-            quantizer.load(model, name, tensor, device)
-        else:
-            _assign(model, name, tensor.to(device))
+        _place(model, name, tensor.to(dtype) if tensor.is_floating_point() else tensor, plan, quantizer)
         loaded.add(name)
     missing = [n for n in expected if n not in loaded and n not in tied]
     missing_base = [n for n in missing if not n.startswith(_HEAD_PREFIXES)]
@@ -334,9 +332,18 @@ def _fill(model: nn.Module, files: _CheckpointFiles, plan: dict, dtype: torch.dt
     if missing:
         warnings.warn(f"{', '.join(missing)} newly initialised (not in the checkpoint): fine-tune this "
                       f"{type(model).__name__} before relying on its outputs.")
-        _init_missing(model, missing, plan, dtype, quantizer)
+        _init_missing(model, {name: expected[name] for name in missing}, plan, dtype, quantizer)
     if unexpected:
         logger.info("Ignored checkpoint tensors not used by %s: %s", type(model).__name__, ", ".join(unexpected))
+
+
+def _place(model: nn.Module, name: str, tensor: torch.Tensor, plan: dict, quantizer) -> None:
+    """Put one tensor where the device plan says, quantized on the way when the quantizer takes it."""
+    device = _device_for(name, plan)
+    if quantizer is not None and quantizer.handles(name):
+        quantizer.load(model, name, tensor, device)
+    else:
+        _assign(model, name, tensor.to(device))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -345,21 +352,17 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(owner, attr, nn.Parameter(tensor.contiguous(), requires_grad=tensor.is_floating_point()))
 
 
-def _init_missing(model: nn.Module, names: list[str], plan: dict, dtype: torch.dtype, quantizer) -> None:
+def _init_missing(model: nn.Module, shapes: dict[str, torch.Size], plan: dict, dtype: torch.dtype,
+                  quantizer) -> None:
     std = model.config.initializer_range
-    for name in names:
+    for name, shape in shapes.items():
         owner = model.get_submodule(name.rpartition(".")[0])
-        shape = _expected_names(model)[name]
         tensor = torch.zeros(shape, dtype=dtype)
         if name.endswith("weight") and not isinstance(owner, nn.LayerNorm):
             tensor.normal_(0.0, std)
         elif isinstance(owner, nn.LayerNorm):
             tensor.fill_(1.0 if name.endswith("weight") else 0.0)
-        device = _device_for(name, plan)
-        if quantizer is not None and quantizer.handles(name):
-            quantizer.load(model, name, tensor, device)
-        else:
-            _assign(model, name, tensor.to(device))
+        _place(model, name, tensor, plan, quantizer)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -384,3 +384,24 @@ def test_loading_does_not_initialise_random_weights_first(monkeypatch, ref_lm):
     monkeypatch.setattr(torch.nn.init, "normal_", lambda tensor, *a, **k: calls.append(tensor.device.type))
     biogpt.BioGptForCausalLM.from_pretrained(path)
     assert set(calls) <= {"meta"}  # module constructors may "initialise" meta tensors: no memory, no work
+
+
+def test_use_safetensors_chooses_the_weights_format(tmp_path, ref_lm):
+    """As in transformers: use_safetensors=False loads pytorch_model.bin, True refuses a pickle-only checkpoint."""
+    ref, path = ref_lm
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "config.json").write_text((path / "config.json").read_text())
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    torch.save({k: v * 0 for k, v in state.items()}, both / "pytorch_model.bin")  # distinguishable weights
+    (both / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    ids = torch.randint(3, 99, (1, 6))
+    from_safe = biogpt.BioGptForCausalLM.from_pretrained(both)
+    from_pickle = biogpt.BioGptForCausalLM.from_pretrained(both, use_safetensors=False)
+    assert (_logits(from_safe, ids) - _logits(ref, ids)).abs().max() <= 1e-5
+    assert _logits(from_pickle, ids).abs().max() == 0.0  # the zeroed pickle was the one loaded
+    (both / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"expected model.safetensors or model.safetensors.index.json "
+                                              r"\(use_safetensors=True\)"):
+        biogpt.BioGptForCausalLM.from_pretrained(both, use_safetensors=True)
+    assert from_safe.hf_device_map == {"": "cpu"}
