@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -495,19 +496,15 @@ def _greedy_or_sample_steps(model: Any, plan: _Plan, config: GenerationConfig,
         del cache  # release the buffers now, even when the consumer stops early
 
 
-_COMPILED_STEPS: dict[int, Callable] = {}
+_COMPILED_STEPS: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
 
 
 def _compiled_step(model: Any) -> Callable:
     """`static_decode_step` under torch.compile(mode="reduce-overhead"), built once per model object."""
-    import weakref
-
-    key = id(model)
-    entry = _COMPILED_STEPS.get(key)
-    if entry is None or entry[0]() is not model:
-        compiled = torch.compile(static_decode_step, mode="reduce-overhead", dynamic=False)
-        entry = _COMPILED_STEPS[key] = (weakref.ref(model), compiled)
-    return entry[1]
+    compiled = _COMPILED_STEPS.get(model)
+    if compiled is None:
+        compiled = _COMPILED_STEPS[model] = torch.compile(static_decode_step, mode="reduce-overhead", dynamic=False)
+    return compiled
 
 
 @torch.no_grad()
