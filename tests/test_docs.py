@@ -6,16 +6,15 @@ allows besides `transformers` -> `biogpt`); each Python block runs in a fresh in
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+
+from app_fixtures import checkpoints, server  # noqa: F401  (fixtures: the launched app for the client snippet)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LM = REPO / "assets" / "models" / "demo-lm"
@@ -62,20 +61,6 @@ def demo_checkpoints() -> dict[str, str]:
     return {hub_id: str(DEMO_LM) for hub_id in HUB_IDS}
 
 
-@pytest.fixture(scope="module")
-def app_server():
-    """The real app on a loopback port, for the README's gradio_client snippet."""
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_app()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DOC_BLOCKS = [block for path in DOC_FILES for block in code_blocks(path)]
 
@@ -91,7 +76,7 @@ def test_docs_have_the_seed_examples():
 
 @pytest.mark.parametrize("block_id,language,code", DOC_BLOCKS, ids=[b[0] for b in DOC_BLOCKS])
 def test_documented_code_runs(block_id, language, code, demo_checkpoints, tmp_path, request):
-    server = request.getfixturevalue("app_server") if "gradio_client" in code else None
+    server = request.getfixturevalue("server").url if "gradio_client" in code else None  # the real app, loopback
     result = run_block(language, localise(code, demo_checkpoints, server), tmp_path)
     assert_ran(block_id, result)
     if "Ibuprofen is best used for" in code and ("generate(" in code or "generator(" in code or "biogpt run" in code):
