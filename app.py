@@ -14,12 +14,14 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from biogpt.manager import ManagerSettings, ModelManager, default_concurrency
+from biogpt.devices import default_concurrency
+from biogpt.manager import ModelManager
+from biogpt.settings import Settings
 from ui.about_tab import build_about_tab
 from ui.classify_tab import build_classify_tab
 from ui.entities_tab import build_entities_tab
 from ui.generate_tab import build_generate_tab
-from ui.handlers import AppSettings, Workbench
+from ui.handlers import Workbench
 from ui.model_panel import build_model_panel, wire_model_panel
 from ui.theme import ASSETS, CSS_PATH, LOGO_PATH, header_html, theme
 
@@ -35,10 +37,10 @@ class WorkbenchBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def build_app(manager: Optional[ModelManager] = None, settings: Optional[AppSettings] = None) -> gr.Blocks:
-    """The whole UI, wired to `manager` (a new one from the environment when None); the queue is configured."""
-    settings = settings or AppSettings.from_env()
-    manager = manager or ModelManager.from_settings(ManagerSettings.from_env())
+def build_app(manager: Optional[ModelManager] = None, settings: Optional[Settings] = None) -> gr.Blocks:
+    """The whole UI, wired to `manager` (a new one from `settings` when None); the queue is configured."""
+    settings = settings or Settings.from_env()
+    manager = manager or ModelManager.from_settings(settings)
     bench = Workbench(manager, settings)
     examples = json.loads((ASSETS / "examples.json").read_text(encoding="utf-8"))
 
@@ -65,19 +67,19 @@ def build_app(manager: Optional[ModelManager] = None, settings: Optional[AppSett
     return demo
 
 
-def serve(demo: gr.Blocks, settings: AppSettings) -> None:
+def serve(demo: gr.Blocks, settings: Settings) -> None:
     """Launch, then warm the default model in the background so the page is up at once (BIOGPT_PRELOAD)."""
-    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
+    demo.launch(server_name=settings.listen_host, server_port=settings.port, share=settings.share,
                 prevent_thread_lock=True)
     if settings.preload:
         threading.Thread(target=demo.workbench.preload, name="preload", daemon=True).start()
     demo.block_thread()
 
 
-def parse_args(argv: Optional[list[str]] = None, base: Optional[AppSettings] = None) -> AppSettings:
-    base = base or AppSettings.from_env()
+def parse_args(argv: Optional[list[str]] = None, base: Optional[Settings] = None) -> Settings:
+    base = base or Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=base.host, help="interface to listen on (0.0.0.0 in Docker/Spaces)")
+    parser.add_argument("--host", default=base.listen_host, help="interface to listen on (0.0.0.0 in Docker/Spaces)")
     parser.add_argument("--port", type=int, default=base.port)
     parser.add_argument("--share", action="store_true", default=base.share, help="a public gradio.live link")
     parser.add_argument("--model", default=base.model, help="catalog name, Hub id or local path")
@@ -90,9 +92,15 @@ def parse_args(argv: Optional[list[str]] = None, base: Optional[AppSettings] = N
                    concurrency=args.concurrency, max_queue=args.max_queue)
 
 
+def __getattr__(name: str) -> Any:
+    """`app.demo`, built on first access: what `gradio app.py` (reload mode) looks up. Importing this module for
+    `build_app` builds nothing."""
+    if name == "demo":
+        globals()["demo"] = build_app()
+        return globals()["demo"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":
-    demo = build_app(settings=(cli := parse_args()))
-    serve(demo, cli)
-else:
-    # Hugging Face Spaces (through `gradio app.py`) and importers find `demo` at module level.
-    demo = build_app()
+    settings = parse_args()
+    serve(build_app(settings=settings), settings)

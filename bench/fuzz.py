@@ -115,10 +115,11 @@ def tokenizer_case(tokenizer: Any, text: str) -> None:
 def params_case(params: dict) -> None:
     from biogpt.errors import GenerationParameterError
     from biogpt.generation import GenerationConfig
-    from biogpt.validation import Limits, check_generation_params
+    from biogpt.settings import Settings
+    from biogpt.validation import check_generation_params
 
     try:
-        checked = check_generation_params(params, Limits(), prompt_tokens=len(params), max_positions=1024)
+        checked = check_generation_params(params, Settings(), prompt_tokens=len(params), max_positions=1024)
     except GenerationParameterError as exc:
         assert str(exc)
         return
@@ -167,9 +168,9 @@ def run_tokenizer(tokenizer: Any, cases: int, counter: Optional[list] = None) ->
 
 
 def run_params(cases: int, counter: Optional[list] = None) -> None:
-    from biogpt.validation import ALLOWED_PARAMETERS
+    from biogpt.validation import GENERATION_PARAMETERS
 
-    keys = st.one_of(st.sampled_from(sorted(ALLOWED_PARAMETERS)), st.sampled_from(["min_length", "foo", ""]))
+    keys = st.one_of(st.sampled_from(sorted([*GENERATION_PARAMETERS, "do_sample", "truncate", "early_stopping"])), st.sampled_from(["min_length", "foo", ""]))
 
     @fuzz_settings(cases)
     @given(params=st.dictionaries(keys, values, max_size=6))

@@ -173,8 +173,8 @@ import sys, time
 sys.path[:0] = [{repo!r}]
 from app import build_app
 from biogpt.manager import ModelManager
-from ui.handlers import AppSettings
-settings = AppSettings(model={lm!r}, preload=False, concurrency=2, max_new_tokens=64)
+from biogpt.settings import Settings
+settings = Settings(model={lm!r}, preload=False, concurrency=2, max_new_tokens=64)
 demo = build_app(manager=ModelManager(max_models=4), settings=settings)
 demo.launch(server_name="127.0.0.1", server_port={port}, prevent_thread_lock=True, quiet=True)
 print("READY", flush=True)

@@ -26,12 +26,12 @@ _EXPORTS = {
     "BioGptForTokenClassification": "modeling",
     "BioGptForSequenceClassification": "modeling",
     "BioGptPreTrainedModel": "modeling",
-    "KVCache": "modeling",
+    "KVCache": "cache",
     "BitsAndBytesConfig": "quantization",
     "GenerationConfig": "generation",
     "stream_generate": "generation",
     "StreamDelta": "generation",
-    "pipeline": "pipeline",
+    "pipeline": "pipelines",
     "AutoConfig": "auto",
     "AutoTokenizer": "auto",
     "AutoModel": "auto",
@@ -62,5 +62,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .configuration import BioGptConfig
     from .errors import BioGptError, CheckpointError, ConfigError, DeviceError, GenerationParameterError
     from .modeling import (BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification,
-                           BioGptModel, BioGptPreTrainedModel, KVCache)
+                           BioGptModel, BioGptPreTrainedModel)
+    from .cache import KVCache
     from .tokenization import BioGptTokenizer

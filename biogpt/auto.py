@@ -10,9 +10,11 @@ import json
 import os
 from typing import Any, Union
 
+from . import modeling
 from .configuration import BioGptConfig
 from .errors import CheckpointError
 from .hub import resolve_file
+from .tokenization import BioGptTokenizer
 
 
 class AutoConfig:
@@ -27,9 +29,7 @@ class AutoConfig:
 
 class AutoTokenizer:
     @staticmethod
-    def from_pretrained(source: Union[str, os.PathLike], **kwargs: Any):
-        from .tokenization import BioGptTokenizer
-
+    def from_pretrained(source: Union[str, os.PathLike], **kwargs: Any) -> BioGptTokenizer:
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
         declared = resolve_file(source, "tokenizer_config.json", required=False, **hub)
         if declared is not None:
@@ -47,9 +47,7 @@ class _AutoModel:
     _class_name = ""
 
     @classmethod
-    def _model_class(cls):
-        from . import modeling
-
+    def _model_class(cls) -> type:
         return getattr(modeling, cls._class_name)
 
     @classmethod

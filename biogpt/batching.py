@@ -23,7 +23,8 @@ deltas; `engine.stream(...)` is a drop-in for `stream_generate(model, tokenizer,
 per-request `torch.Generator` consumed exactly as the solo loop consumes it (one draw per token), so a seeded request
 samples the same tokens in the engine as alone, unless batched float rounding moves a probability across the drawn
 threshold (never observed on the test models; greedy has the analogous argmax-tie caveat). Beam search
-(`num_beams > 1`) is not batched: the worker runs such a request alone, between steps.
+(`num_beams > 1`) is not batched: a second worker thread runs beam requests one at a time through
+`stream_generate`, so a long beam search never stalls the streaming rows.
 
 The worker never dies on a bad request: an exception while preparing or processing one request goes to that
 request's stream; an exception in the batched forward goes to every request of that batch, and the worker goes on.
@@ -41,8 +42,8 @@ from typing import Any, Optional, Union
 import torch
 
 from .errors import GenerationParameterError
+from .cache import KVCache
 from .generation import DeltaStreamer, GenerationConfig, StreamDelta, StreamRequest, prepare_stream
-from .modeling import KVCache
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ class BatchingEngine:
         self._wakeup = threading.Event()
         self._shutdown = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        # Beam search requests: their own queue and worker thread (see the module docstring).
+        self._beams: "queue.Queue[Optional[_Request]]" = queue.Queue()
+        self._beam_thread: Optional[threading.Thread] = None
         # Running batch state (worker thread only).
         self._rows: list[_Request] = []
         self._cache: Optional[KVCache] = None
@@ -196,11 +200,13 @@ class BatchingEngine:
         spec = prepare_stream(self.model, tokenizer, prompt, input_ids, None, stop_strings, truncate,
                               generation_config or self.generation_config, seed=seed, generator=generator, **kwargs)
         request = _Request(next(self._ids), spec, spec.streamer(), stop_event)
-        if not spec.beam:
-            request.processors = spec.logits_processors(self.model.config.vocab_size)
         self._start()
-        self._pending.put(request)
-        self._wake()
+        if spec.beam:
+            self._beams.put(request)
+        else:
+            request.processors = spec.logits_processors(self.model.config.vocab_size)
+            self._pending.put(request)
+            self._wake()
         return RequestStream(self, request)
 
     def submit(self, prompt_or_ids: Union[str, list[int], torch.Tensor, None] = None, **params: Any) -> RequestStream:
@@ -213,8 +219,10 @@ class BatchingEngine:
         """Stop the worker; running and queued requests end with finish_reason 'cancelled'."""
         self._shutdown.set()
         self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._beams.put(None)
+        for thread in (self._thread, self._beam_thread):
+            if thread is not None:
+                thread.join(timeout)
 
     def __enter__(self) -> "BatchingEngine":
         return self
@@ -230,6 +238,9 @@ class BatchingEngine:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="biogpt-batching", daemon=True)
                 self._thread.start()
+            if self._beam_thread is None or not self._beam_thread.is_alive():
+                self._beam_thread = threading.Thread(target=self._run_beams, name="biogpt-beams", daemon=True)
+                self._beam_thread.start()
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -289,9 +300,6 @@ class BatchingEngine:
             except queue.Empty:
                 break
             if self._cancelled(request):
-                continue
-            if request.config.num_beams > 1:
-                self._run_solo(request)
                 continue
             new.append(request)
         if not new:
@@ -489,12 +497,26 @@ class BatchingEngine:
         config = request.config
         return config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
 
-    def _run_solo(self, request: _Request) -> None:
-        """Beam search is not batched: run it alone through `stream_generate`, between steps."""
+    # -- beam search: its own worker ----------------------------------------------------------------------------
+    def _run_beams(self) -> None:
+        with torch.inference_mode():
+            while True:
+                request = self._beams.get()
+                if request is None or self._shutdown.is_set():
+                    break
+                if not self._cancelled(request):
+                    self._run_beam(request)
+            while not self._beams.empty():  # closed: what is still queued ends cancelled
+                request = self._beams.get_nowait()
+                if request is not None:
+                    self._finish(request, "cancelled")
+
+    def _run_beam(self, request: _Request) -> None:
+        """Beam search is not batched: run it alone through `stream_generate`."""
         try:
             for delta in request.spec.run(self.model, request.stop_event):
                 self._send(request, delta)
-        except Exception as exc:
+        except Exception as exc:  # a bad request fails its own stream, never the worker
             self._fail(request, exc)
         else:
             if not request.finished:

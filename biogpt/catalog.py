@@ -1,7 +1,8 @@
 """The models the app offers by name, and the choice of the default one.
 
-Entries are the published BioGPT checkpoints plus `demo`, the tiny models bundled in `assets/models/` (one per
-task) that let the app run with no network. Any other Hub id or local path typed by a user is loaded as is.
+Entries are the published BioGPT checkpoints plus `demo`, the tiny models bundled in the package's `demo_models/`
+(one per task; `BIOGPT_DEMO_DIR` points elsewhere) that let the app run with no network. Any other Hub id or local
+path typed by a user is loaded as is.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import CheckpointError
+from .settings import Settings
 
 DEMO = "demo"
 DEFAULT_MODEL = "microsoft/biogpt"
-# Repo root / assets / models: the demos are built there by `make demo` (biogpt.demo).
-DEMO_ROOT = Path(__file__).resolve().parent.parent / "assets" / "models"
+# Package data (so editable and plain installs find them); `make demo` (tools/demo) rebuilds them there.
+PACKAGED_DEMO_ROOT = Path(__file__).resolve().parent / "demo_models"
 DEMO_DIRS = {"causal-lm": "demo-lm", "token-classification": "demo-ner", "sequence-classification": "demo-classify"}
 _HUB_TIMEOUT_S = 2.0
 
@@ -42,18 +44,25 @@ CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in (
 )}
 
 
-def demo_path(task: str = "causal-lm") -> Path:
+def demo_root(settings: Optional[Settings] = None) -> Path:
+    """Where the demo checkpoints are: BIOGPT_DEMO_DIR, else the package's own copy."""
+    settings = settings or Settings.from_env()
+    return settings.demo_dir or PACKAGED_DEMO_ROOT
+
+
+def demo_path(task: str = "causal-lm", settings: Optional[Settings] = None) -> Path:
     """The bundled demo checkpoint for `task`, or a `CheckpointError` saying how to build it."""
     if task not in DEMO_DIRS:
         raise CheckpointError(f"There is no bundled demo model for task {task!r} (tasks: {', '.join(DEMO_DIRS)}).")
-    path = DEMO_ROOT / DEMO_DIRS[task]
+    path = demo_root(settings) / DEMO_DIRS[task]
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"The bundled demo model for {task} is not built ({path} is missing): run `make demo`.")
+        raise CheckpointError(f"The bundled demo model for {task} is not built ({path} is missing): run `make demo` "
+                              "or point BIOGPT_DEMO_DIR at a directory that has it.")
     return path
 
 
-def demo_available(task: str = "causal-lm") -> bool:
-    return task in DEMO_DIRS and (DEMO_ROOT / DEMO_DIRS[task] / "config.json").is_file()
+def demo_available(task: str = "causal-lm", settings: Optional[Settings] = None) -> bool:
+    return task in DEMO_DIRS and (demo_root(settings) / DEMO_DIRS[task] / "config.json").is_file()
 
 
 def is_cached(repo_id: str, cache_dir: Union[str, os.PathLike, None] = None) -> bool:

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Optional, Sequence
 
 from .errors import BioGptError
+from .pipelines import pipeline
+from .tasks import finetune
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,8 +37,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import pipeline
-
     generator = pipeline(args.task, model=args.model, device=args.device, torch_dtype=args.dtype)
     prompts = [args.prompt] if args.prompt is not None else [line.rstrip("\n") for line in sys.stdin]
     options = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, temperature=args.temperature,
@@ -54,14 +53,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _finetune(argv: list[str]) -> int:
-    try:
-        finetune = importlib.import_module("biogpt.tasks.finetune")
-    except ModuleNotFoundError as error:
-        if error.name != "biogpt.tasks.finetune":
-            raise
-        print("biogpt: error: fine-tuning is not available in this installation (biogpt.tasks.finetune is "
-              "missing).", file=sys.stderr)
-        return 1
     return int(finetune.main(argv) or 0)
 
 

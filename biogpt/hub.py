@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,6 +21,11 @@ _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z
 
 ProgressCallback = Callable[[float, int], None]
 """Called with (fraction done in [0, 1], bytes done) while files download."""
+
+PROBE_TIMEOUT_S = 2.0
+_PROBE_TTL_S = 30.0  # how long an answer about the Hub's reachability is trusted
+_probe_lock = threading.Lock()
+_probe: dict[str, tuple[float, Optional[str]]] = {}  # endpoint -> (when asked, why unreachable or None)
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -92,6 +99,10 @@ def _hub_file(repo_id, filename, *, revision, cache_dir, local_files_only, token
             f"network access (`huggingface-cli download {repo_id}`), point HF_HOME at a cache that has it, "
             "or pass a local directory instead."
         )
+    why_not = hub_unreachable_reason()
+    if why_not is not None:  # fail at once instead of huggingface_hub's retries against a dead network
+        raise CheckpointError(f"Could not download {repo_id}/{filename}: {why_not} and the file is not in the local "
+                              "cache. Check the network, or use a local directory.")
     try:
         if progress is None:
             return Path(huggingface_hub.hf_hub_download(**kwargs))
@@ -111,6 +122,31 @@ def _hub_file(repo_id, filename, *, revision, cache_dir, local_files_only, token
         raise _unreachable(repo_id, filename, exc) from None
     except OSError as exc:  # other network failures surface as OSError subclasses
         raise _unreachable(repo_id, filename, exc) from None
+
+
+def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """None when the Hugging Face Hub's endpoint answers at all within `timeout` seconds, else why not.
+
+    One request, no retries; the answer is remembered for 30 seconds, so a server without network answers every
+    Hub id at once with one clear message (huggingface_hub itself retries for ~20 s).
+    """
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub.utils import get_session
+
+    endpoint = huggingface_hub.constants.ENDPOINT
+    with _probe_lock:
+        asked, reason = _probe.get(endpoint, (0.0, None))
+        if time.monotonic() - asked < _PROBE_TTL_S:
+            return reason
+    try:
+        get_session().head(endpoint, timeout=timeout)
+        reason = None
+    except (hub_errors.HTTPError, OSError) as exc:  # DNS, refused connection, timeout
+        reason = f"the Hugging Face Hub is unreachable at {endpoint} ({exc.__class__.__name__})"
+    with _probe_lock:
+        _probe[endpoint] = (time.monotonic(), reason)
+    return reason
 
 
 def _unreachable(repo_id: str, filename: str, exc: Exception) -> CheckpointError:

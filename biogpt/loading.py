@@ -1,8 +1,10 @@
-"""Checkpoint I/O: `from_pretrained` and `save_pretrained` for every BioGPT class.
+"""Checkpoint I/O: `PreTrainedMixin` gives every BioGPT class `from_pretrained` and `save_pretrained`.
 
 Loading never materialises random weights first: the model is built on the meta device, then each tensor is read
 from the (memory-mapped) checkpoint, cast, moved to its device and assigned in place. Quantization plugs into that
-loop (see `quantization.py`) so a layer is quantized as soon as its weight arrives.
+loop (see `quantization.py`) so a layer is quantized as soon as its weight arrives; CPU kernel choices
+(`kernels.py`) are swapped in once the weights are in place. Nothing here knows the model classes: they are passed
+in as `cls`, so `modeling.py` can inherit the mixin without an import cycle.
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ import torch
 from torch import nn
 
 from .configuration import BioGptConfig
-from .errors import CheckpointError, ConfigError, DeviceError
+from .devices import cpu_safe_dtype, dtype_name, parse_device, parse_dtype
+from .errors import CheckpointError, DeviceError
+from .generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import ProgressCallback, list_files, resolve_file
+from .kernels import apply_cpu_kernels
+from .quantization import make_quantizer
+from .settings import Settings, parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -31,58 +38,11 @@ SAFE_INDEX = "model.safetensors.index.json"
 PT_WEIGHTS = "pytorch_model.bin"
 PT_INDEX = "pytorch_model.bin.index.json"
 _HEAD_PREFIXES = ("output_projection.", "classifier.", "score.")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
-           "float": torch.float32}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# dtype and device rules
+# Where each parameter goes
 # ----------------------------------------------------------------------------------------------------------------
-def parse_dtype(value: Union[str, torch.dtype, None]) -> Union[torch.dtype, str, None]:
-    """torch.dtype, its name ('float16', 'bf16', 'torch.float16'), 'auto' or None."""
-    if value is None or isinstance(value, torch.dtype) or value == "auto":
-        return value
-    name = str(value).replace("torch.", "")
-    if name not in _DTYPES:
-        raise ConfigError(f"torch_dtype must be 'auto', a torch dtype or one of {', '.join(_DTYPES)}; got {value!r}.")
-    return _DTYPES[name]
-
-
-def parse_device(value: Union[str, int, torch.device]) -> torch.device:
-    """A torch.device that exists on this machine, or a `DeviceError` that says why not."""
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        value = f"cuda:{int(value)}"
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError):
-        raise DeviceError(f"{value!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or a GPU index.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"CUDA was requested ({value!r}) but this machine has no usable CUDA GPU "
-                "(torch.cuda.is_available() is False). Use device='cpu' (or device_map='auto', which picks the CPU)."
-            )
-        index = device.index if device.index is not None else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"{value!r} was requested but this machine has {torch.cuda.device_count()} CUDA GPU(s).")
-        return torch.device("cuda", index)
-    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise DeviceError(f"{value!r} was requested but the Apple MPS backend is not available on this machine.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"Unsupported device {value!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    return device
-
-
-def cpu_safe_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """float16 on a CPU is slow or unsupported for matmuls: upgrade it to float32, with a warning."""
-    if device.type == "cpu" and dtype == torch.float16:
-        warnings.warn("float16 is slow or unsupported on the CPU: loading in float32 instead "
-                      "(use torch_dtype=torch.bfloat16 to halve the memory on CPU).", stacklevel=3)
-        return torch.float32
-    return dtype
-
-
 def _device_plan(model: nn.Module, device_map: Any, dtype: torch.dtype) -> dict[str, torch.device]:
     """Module-name prefix -> device. '' covers everything not named more precisely."""
     if device_map is None:
@@ -216,13 +176,15 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
                attn_implementation: Optional[str] = None, quantization_config: Any = None,
                ignore_mismatched_sizes: bool = False, trust_remote_code: bool = False,
                progress: Optional[ProgressCallback] = None, low_cpu_mem_usage: bool = True,
-               use_safetensors: Optional[bool] = None, **config_overrides: Any):
+               use_safetensors: Optional[bool] = None, cpu_kernels: Optional[bool] = None,
+               **config_overrides: Any):
     """Build `cls` from a checkpoint: Hub repo id, local directory or single weights file.
 
     torch_dtype: None → float32; 'auto' → the config's torch_dtype, else the checkpoint's; a dtype → that dtype.
     float16 on the CPU becomes float32 with a warning. device_map: None (CPU), 'auto' (accelerate places layers on
     the GPUs and spills to the CPU; on a machine without CUDA everything goes to the CPU), a device string/index,
     or a {module prefix: device} dict. `device=` is accepted as a shorthand for a single device.
+    cpu_kernels: route a CPU model's linears through the kernels of `kernels.py` (None: BIOGPT_ONEDNN decides).
     """
     if model_args:
         raise TypeError(f"{cls.__name__}.from_pretrained takes the checkpoint as its only positional argument.")
@@ -252,8 +214,6 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
 
     quantizer = None
     if quantization_config is not None:
-        from .quantization import make_quantizer
-
         quantizer = make_quantizer(quantization_config, target_dtype)
         quantizer.prepare(model)
 
@@ -261,14 +221,15 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
     model.tie_weights()
     if quantizer is not None:
         quantizer.finalize(model)
-    config.torch_dtype = str(target_dtype).replace("torch.", "")
+    config.torch_dtype = dtype_name(target_dtype)
     model.name_or_path = str(source)
     model.hf_device_map = {prefix: str(device) for prefix, device in plan.items()}  # as transformers names it
     model.eval()
     model._check_backend()
+    on_cpu = all(device.type == "cpu" for device in plan.values())
+    if on_cpu and quantizer is None and (cpu_kernels if cpu_kernels is not None else Settings.from_env().onednn):
+        apply_cpu_kernels(model)
     if hasattr(model, "generate"):  # causal LMs honour the checkpoint's generation_config.json
-        from .generation import GENERATION_CONFIG_NAME, GenerationConfig
-
         generation_file = resolve_file(source, GENERATION_CONFIG_NAME, **hub, required=False)
         model.generation_config = (GenerationConfig.from_pretrained(generation_file) if generation_file
                                    else GenerationConfig.from_model_config(config))
@@ -378,12 +339,14 @@ def save_model(model: nn.Module, save_directory: Union[str, os.PathLike], *, saf
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
     config.architectures = [type(model).__name__]
-    config.torch_dtype = str(model.dtype).replace("torch.", "")
+    config.torch_dtype = dtype_name(model.dtype)
     config.save_pretrained(out)
     tied = set(getattr(model, "tied_weights", {}))
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
              if name not in tied}
-    shards = _split_shards(state, _parse_size(max_shard_size))
+    limit = max_shard_size if max_shard_size is None or isinstance(max_shard_size, int) else \
+        parse_bytes(max_shard_size, "max_shard_size")
+    shards = _split_shards(state, limit)
     single = SAFE_WEIGHTS if safe_serialization else PT_WEIGHTS
     if len(shards) == 1:
         _write_weights(shards[0], out / single, safe_serialization)
@@ -408,17 +371,6 @@ def _write_weights(state: dict[str, torch.Tensor], path: Path, safe: bool) -> No
         torch.save(state, str(path))
 
 
-def _parse_size(size: Union[int, str, None]) -> Optional[int]:
-    if size is None or isinstance(size, int):
-        return size
-    text = size.strip().upper()
-    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
-                         ("KB", 10**3), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
-
-
 def _split_shards(state: dict[str, torch.Tensor], limit: Optional[int]) -> list[dict[str, torch.Tensor]]:
     if limit is None:
         return [state]
@@ -432,3 +384,17 @@ def _split_shards(state: dict[str, torch.Tensor], limit: Optional[int]) -> list[
         shards[-1][name] = tensor
         size += nbytes
     return shards
+
+
+class PreTrainedMixin:
+    """`from_pretrained` and `save_pretrained` with transformers' arguments, for a BioGPT `nn.Module` class."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], *model_args: Any,
+                        **kwargs: Any) -> Any:
+        """Load a checkpoint: a Hub repo id, a local directory or a single weights file (see `load_model`)."""
+        return load_model(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+        """Write config.json + model.safetensors as transformers does (tied head omitted)."""
+        save_model(self, save_directory, **kwargs)

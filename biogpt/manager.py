@@ -4,6 +4,9 @@
 the same time. It keeps at most `max_models` models and/or a CPU and a GPU memory budget, unloading the least
 recently used first, except models held by `use(spec)` (a running generation). A failed load raises and leaves
 the registry as it was, so the models already loaded keep serving and a later `get` tries again.
+
+Each `LoadedModel` carries its `ModelServer` (`biogpt.serving`), through which requests run; unloading a model
+closes it.
 """
 
 from __future__ import annotations
@@ -14,24 +17,29 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
 from . import catalog
+from .devices import ATTENTION_BACKENDS, COMPUTE_DTYPES, DTYPES, on_gpu, resolve_device, resolve_dtype
 from .errors import BioGptError, CheckpointError, ConfigError, DeviceError
 from .hub import ProgressCallback, is_local
+from .modeling import BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification
+from .quantization import BitsAndBytesConfig, quantization_unavailable_reason
+from .serving import ModelServer
+from .settings import Settings
+from .tokenization import BioGptTokenizer
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("causal-lm", "token-classification", "sequence-classification")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION = ("eager", "sdpa", "flash_attention_2")
+MODEL_CLASSES = {"causal-lm": BioGptForCausalLM, "token-classification": BioGptForTokenClassification,
+                 "sequence-classification": BioGptForSequenceClassification}
+TASKS = tuple(MODEL_CLASSES)
 QUANTIZATION = (None, "4bit", "8bit")
 
 
@@ -42,37 +50,6 @@ class ModelInUseError(BioGptError, RuntimeError):
 # ----------------------------------------------------------------------------------------------------------------
 # What to load
 # ----------------------------------------------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> str:
-    """'auto' → 'cuda:0' if CUDA is available, else 'mps' if available, else 'cpu'; others are validated."""
-    from .loading import parse_device
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda:0"
-        if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    parsed = parse_device(device)  # DeviceError when it does not exist here
-    return str(parsed)
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """'auto' → bfloat16 on a GPU that supports it, else float16 on a GPU/MPS, float32 on the CPU.
-
-    float16 on the CPU becomes float32 with a warning, the rule `loading.cpu_safe_dtype` applies.
-    """
-    kind = device.split(":")[0]
-    if dtype == "auto":
-        if kind == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float16" if kind == "mps" else "float32"
-    if dtype == "float16" and kind == "cpu":
-        warnings.warn("float16 is slow or unsupported on the CPU: using float32 instead "
-                      "(choose bfloat16 to halve the memory on the CPU).", stacklevel=4)
-        return "float32"
-    return dtype
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that makes two loaded models different; hashable, so it keys the manager's registry.
@@ -95,8 +72,8 @@ class ModelSpec:
         if not source:
             raise ConfigError("ModelSpec.source is empty: give a catalog name, a Hub repo id or a local path.")
         quantization = None if self.quantization in (None, "", "none", "None") else self.quantization
-        for name, value, allowed in (("task", self.task, TASKS), ("dtype", self.dtype, DTYPES),
-                                     ("attn_implementation", self.attn_implementation, ATTENTION),
+        for name, value, allowed in (("task", self.task, TASKS), ("dtype", self.dtype, COMPUTE_DTYPES),
+                                     ("attn_implementation", self.attn_implementation, ATTENTION_BACKENDS),
                                      ("quantization", quantization, QUANTIZATION)):
             if value not in allowed:
                 raise ConfigError(f"ModelSpec.{name} must be one of {', '.join(map(str, allowed))}; got {value!r}.")
@@ -108,7 +85,7 @@ class ModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        return DTYPES[self.dtype]
 
 
 @dataclass
@@ -120,107 +97,16 @@ class LoadedModel:
     load_seconds: float
     last_used: float  # time.time() of the latest get/use
     source_path: str  # what was actually loaded (the demo directory for `demo`, the resolved local path)
+    server: ModelServer = field(repr=False, compare=False)  # how requests run on it; closed when it is unloaded
     in_use: int = 0
-    # Objects that live as long as the model is loaded (e.g. the app's batching engine), see `attach`.
-    attachments: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> str:
         return self.spec.device
 
-    def attach(self, name: str, factory: Callable[[], Any]) -> Any:
-        """The object attached under `name`, made by `factory()` on first use (once, whatever the number of threads).
-
-        When the manager unloads or evicts the model it calls the `close()` of every attachment (outside its lock).
-        """
-        with _ATTACH_LOCK:
-            if name not in self.attachments:
-                self.attachments[name] = factory()
-            return self.attachments[name]
-
-
-_ATTACH_LOCK = threading.Lock()
-
 
 Loader = Callable[[ModelSpec, str, Optional[ProgressCallback]], tuple[Any, Any]]
 """(spec, resolved source, progress) -> (model, tokenizer)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Settings from the environment
-# ----------------------------------------------------------------------------------------------------------------
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
-          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_bytes(text: Union[str, int, None], name: str = "size") -> Optional[int]:
-    """'8GB' → 8e9, '512MiB' → 512·2^20, '1000' → 1000; empty/None → None (no limit)."""
-    if text is None or isinstance(text, int):
-        return text
-    value = text.strip().upper().replace(" ", "")
-    if not value:
-        return None
-    number = value.rstrip("KMGTIB")
-    unit = value[len(number):]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in _UNITS or amount < 0:
-        raise ConfigError(f"{name}={text!r} is not a size: write e.g. 8GB, 512MiB or a number of bytes.")
-    return int(amount * _UNITS[unit])
-
-
-def _parse_bool(text: str, name: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name}={text!r}: use 1/0, true/false, yes/no or on/off.")
-
-
-@dataclass(frozen=True)
-class ManagerSettings:
-    """The deployment's choices, usually from `from_env()` (see its docstring for the variables)."""
-
-    default_model: Optional[str] = None
-    cache_dir: Optional[str] = None
-    max_models: int = 2
-    memory_budget_bytes: Optional[int] = None
-    gpu_memory_budget_bytes: Optional[int] = None
-    preload: bool = True
-    allow_local_paths: bool = True
-    local_roots: tuple[Path, ...] = ()
-
-    @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "ManagerSettings":
-        """BIOGPT_MODEL (default model; `demo` forces the bundled demos), BIOGPT_CACHE_DIR, BIOGPT_MAX_MODELS (2),
-        BIOGPT_MEMORY_BUDGET / BIOGPT_GPU_MEMORY_BUDGET ('8GB'; none by default), BIOGPT_PRELOAD (1),
-        BIOGPT_ALLOW_LOCAL_PATHS (1, but 0 on Hugging Face Spaces, i.e. when SPACE_ID is set) and
-        BIOGPT_LOCAL_ROOTS (os.pathsep-separated directories local paths must lie in; none = anywhere)."""
-        env = os.environ if env is None else env
-        max_text = env.get("BIOGPT_MAX_MODELS", "2").strip()
-        if not max_text.isdigit() or int(max_text) < 1:
-            raise ConfigError(f"BIOGPT_MAX_MODELS={max_text!r} must be a whole number >= 1.")
-        allow = env.get("BIOGPT_ALLOW_LOCAL_PATHS")
-        roots = [r for r in env.get("BIOGPT_LOCAL_ROOTS", "").split(os.pathsep) if r.strip()]
-        return cls(
-            default_model=env.get("BIOGPT_MODEL") or None,
-            cache_dir=env.get("BIOGPT_CACHE_DIR") or None,
-            max_models=int(max_text),
-            memory_budget_bytes=parse_bytes(env.get("BIOGPT_MEMORY_BUDGET"), "BIOGPT_MEMORY_BUDGET"),
-            gpu_memory_budget_bytes=parse_bytes(env.get("BIOGPT_GPU_MEMORY_BUDGET"), "BIOGPT_GPU_MEMORY_BUDGET"),
-            preload=_parse_bool(env.get("BIOGPT_PRELOAD", "1"), "BIOGPT_PRELOAD"),
-            # On a public Space, visitors must not read the server's files.
-            allow_local_paths=(_parse_bool(allow, "BIOGPT_ALLOW_LOCAL_PATHS") if allow is not None
-                               else not env.get("SPACE_ID")),
-            local_roots=tuple(Path(os.path.expanduser(r.strip())).resolve() for r in roots),
-        )
-
-    def default_source(self) -> tuple[str, str]:
-        """(source, reason shown to the user): see `catalog.default_source`."""
-        return catalog.default_source(self.default_model, self.cache_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +116,7 @@ class ModelManager:
     def __init__(self, max_models: Optional[int] = 2, memory_budget_bytes: Optional[int] = None,
                  gpu_memory_budget_bytes: Optional[int] = None, cache_dir: Union[str, os.PathLike, None] = None,
                  loader: Optional[Loader] = None, allow_local_paths: bool = True,
-                 local_roots: tuple[Union[str, os.PathLike], ...] = ()):
+                 local_roots: tuple[Union[str, os.PathLike], ...] = (), settings: Optional[Settings] = None):
         if max_models is not None and max_models < 1:
             raise ConfigError(f"max_models must be >= 1 or None; got {max_models}.")
         self.max_models = max_models
@@ -239,19 +125,21 @@ class ModelManager:
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.allow_local_paths = allow_local_paths
         self.local_roots = tuple(Path(os.path.expanduser(str(r))).resolve() for r in local_roots)
+        self.settings = settings or Settings()  # what the model servers use (batch size, request caps)
         self._loader = loader or self._default_loader
         self._lock = threading.RLock()
         self._models: "OrderedDict[ModelSpec, LoadedModel]" = OrderedDict()  # least recently used first
         self._loading: dict[ModelSpec, Future] = {}
-        self._unloaded: list[LoadedModel] = []  # dropped under the lock, their attachments closed after it
+        self._unloaded: list[LoadedModel] = []  # dropped under the lock, their servers closed after it
         # Called with each LoadedModel the manager unloads or evicts (after its attachments are closed).
         self.on_unload: list[Callable[[LoadedModel], None]] = []
 
     @classmethod
-    def from_settings(cls, settings: ManagerSettings, loader: Optional[Loader] = None) -> "ModelManager":
-        return cls(max_models=settings.max_models, memory_budget_bytes=settings.memory_budget_bytes,
-                   gpu_memory_budget_bytes=settings.gpu_memory_budget_bytes, cache_dir=settings.cache_dir,
-                   loader=loader, allow_local_paths=settings.allow_local_paths, local_roots=settings.local_roots)
+    def from_settings(cls, settings: Settings, loader: Optional[Loader] = None) -> "ModelManager":
+        return cls(max_models=settings.max_models, memory_budget_bytes=settings.memory_budget,
+                   gpu_memory_budget_bytes=settings.gpu_memory_budget, cache_dir=settings.cache_dir,
+                   loader=loader, allow_local_paths=settings.local_paths_allowed, local_roots=settings.local_roots,
+                   settings=settings)
 
     # -- public API ------------------------------------------------------------------------------------------
     def get(self, spec: ModelSpec, progress: Optional[ProgressCallback] = None) -> LoadedModel:
@@ -322,7 +210,7 @@ class ModelManager:
         after resolving `..` and symlinks.
         """
         if spec.source == catalog.DEMO:
-            return str(catalog.demo_path(spec.task))
+            return str(catalog.demo_path(spec.task, self.settings))
         if not is_local(spec.source):
             return spec.source
         if not self.allow_local_paths:
@@ -393,7 +281,8 @@ class ModelManager:
                               "4-bit quantization, or a smaller model.") from None
         seconds = time.perf_counter() - started
         return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, bytes=_footprint(model),
-                           load_seconds=seconds, last_used=time.time(), source_path=source)
+                           load_seconds=seconds, last_used=time.time(), source_path=source,
+                           server=ModelServer(model, tokenizer, self.settings))
 
     def _enforce_limits(self, keep: Optional[ModelSpec]) -> int:
         """Unload least-recently-used idle models until the count and both budgets hold; returns how many (lock held).
@@ -403,8 +292,8 @@ class ModelManager:
         """
         checks = (
             (lambda: self.max_models is not None and len(self._models) > self.max_models, lambda s: True),
-            (lambda: self._over_budget(gpu=True), _on_gpu),
-            (lambda: self._over_budget(gpu=False), lambda s: not _on_gpu(s)),
+            (lambda: self._over_budget(gpu=True), lambda s: on_gpu(s.device)),
+            (lambda: self._over_budget(gpu=False), lambda s: not on_gpu(s.device)),
         )
         dropped = 0
         for violated, eligible in checks:
@@ -422,29 +311,20 @@ class ModelManager:
         budget = self.gpu_memory_budget_bytes if gpu else self.memory_budget_bytes
         if budget is None:
             return False
-        return sum(m.bytes for s, m in self._models.items() if _on_gpu(s) == gpu) > budget
+        return sum(m.bytes for s, m in self._models.items() if on_gpu(s.device) == gpu) > budget
 
     def _drop(self, spec: ModelSpec) -> None:
         # Only the registry's reference goes: a caller still holding the LoadedModel keeps a working model, and
-        # the memory is freed (by _release_memory, outside the lock) once nobody refers to it. Its attachments are
+        # the memory is freed (by _release_memory, outside the lock) once nobody refers to it. Its server is
         # closed by _close_unloaded, also outside the lock.
         self._unloaded.append(self._models.pop(spec))
 
     def _close_unloaded(self) -> None:
-        """Close the attachments of the models just dropped and tell the `on_unload` hooks (lock not held)."""
+        """Close the servers of the models just dropped and tell the `on_unload` hooks (lock not held)."""
         with self._lock:
             dropped, self._unloaded = self._unloaded, []
         for loaded in dropped:
-            with _ATTACH_LOCK:
-                attachments = list(loaded.attachments.values())
-                loaded.attachments.clear()
-            for obj in attachments:
-                try:
-                    close = getattr(obj, "close", None)
-                    if callable(close):
-                        close()
-                except Exception:
-                    logger.exception("Closing an attachment of %s failed.", loaded.spec.source)
+            loaded.server.close()
             for hook in list(self.on_unload):
                 try:
                     hook(loaded)
@@ -459,13 +339,6 @@ class ModelManager:
 
     def _default_loader(self, spec: ModelSpec, source: str,
                         progress: Optional[ProgressCallback]) -> tuple[Any, Any]:
-        from . import modeling
-        from .quantization import BitsAndBytesConfig, quantization_unavailable_reason
-        from .tokenization import BioGptTokenizer
-
-        classes = {"causal-lm": modeling.BioGptForCausalLM,
-                   "token-classification": modeling.BioGptForTokenClassification,
-                   "sequence-classification": modeling.BioGptForSequenceClassification}
         quantization_config = None
         if spec.quantization is not None:
             bits = 4 if spec.quantization == "4bit" else 8
@@ -477,15 +350,12 @@ class ModelManager:
                                                       bnb_4bit_use_double_quant=True)
                                    if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
         # The model first: its download is the one worth a progress bar, and its errors are the informative ones.
-        model = classes[spec.task].from_pretrained(
+        model = MODEL_CLASSES[spec.task].from_pretrained(
             source, torch_dtype=spec.torch_dtype, device=spec.device, attn_implementation=spec.attn_implementation,
-            quantization_config=quantization_config, cache_dir=self.cache_dir, progress=progress)
+            quantization_config=quantization_config, cache_dir=self.cache_dir, progress=progress,
+            cpu_kernels=self.settings.onednn)
         tokenizer = BioGptTokenizer.from_pretrained(source, cache_dir=self.cache_dir)
         return model, tokenizer
-
-
-def _on_gpu(spec: ModelSpec) -> bool:
-    return spec.device.startswith("cuda") or spec.device == "mps"
 
 
 def _footprint(model: Any) -> int:
@@ -493,41 +363,4 @@ def _footprint(model: Any) -> int:
     return int(footprint()) if callable(footprint) else 0
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# What this machine offers: the questions a UI asks (so that the UI itself needs no tensor code)
-# ----------------------------------------------------------------------------------------------------------------
-def available_devices() -> list[str]:
-    """The device choices to offer: "auto", "cpu", then "cuda:0", "cuda:1", ... and "mps" where present."""
-    devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def attention_unavailable_reason(attn_implementation: str, device: str = "auto",
-                                 dtype: str = "auto") -> Optional[str]:
-    """Why `attn_implementation` cannot run on `device` in `dtype` ("auto" resolved as `ModelSpec` does), or None
-    when it can; eager and sdpa run everywhere, flash_attention_2 needs flash_attn, a CUDA GPU and fp16/bf16."""
-    if attn_implementation != "flash_attention_2":
-        return None
-    from .modeling import flash_attention_unavailable_reason
-
-    device = resolve_device(device)
-    return flash_attention_unavailable_reason(torch.device(device), getattr(torch, resolve_dtype(dtype, device)))
-
-
-def quantization_unavailable_reason(device: str = "auto", bits: int = 4) -> Optional[str]:
-    """Why `bits`-bit quantization cannot run on `device` ("auto": the best one here), or None when it can."""
-    from .quantization import quantization_unavailable_reason as reason
-
-    return reason(resolve_device(device), bits)
-
-
-def default_concurrency() -> int:
-    """How many requests an app should run at once by default: 4 with a CUDA GPU, 2 on the CPU."""
-    return 4 if torch.cuda.is_available() else 2
-
-
-__all__ = ["ModelSpec", "ModelManager", "LoadedModel", "ManagerSettings", "ModelInUseError",
-           "attention_unavailable_reason", "available_devices", "default_concurrency", "parse_bytes",
-           "quantization_unavailable_reason", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedModel", "ModelInUseError", "ModelManager", "ModelSpec"]

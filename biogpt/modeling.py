@@ -1,264 +1,36 @@
 """BioGPT in one file: a pre-LayerNorm GPT-2-style decoder with learned positions, and its three task heads.
 
 Parameter names follow the Hub checkpoints (`biogpt.layers.N.self_attn.q_proj`, ...), so `state_dict()` keys are
-those of `microsoft/biogpt` and of transformers' BioGpt classes.
+those of `microsoft/biogpt` and of transformers' BioGpt classes. The modules are plain PyTorch; checkpoint I/O comes
+from `loading.PreTrainedMixin` and text generation from `generation.GenerationMixin` (neither knows these classes,
+so they depend on nothing here), the key/value cache from `cache.py`, the output dataclasses from `outputs.py`, and
+CPU kernel choices are swapped in at load time by `kernels.py`.
 
-Reading order: `KVCache` (what incremental decoding keeps), `BioGptAttention`, `BioGptDecoderLayer`,
-`BioGptModel` (embeddings + layers), then the heads.
+Reading order: `BioGptAttention`, `BioGptDecoderLayer`, `BioGptModel` (embeddings + layers), then the heads.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import weakref
-from dataclasses import dataclass, fields
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import KVCache
 from .configuration import BioGptConfig
+from .devices import attention_unavailable_reason
 from .errors import ConfigError, DeviceError
+from .generation import GenerationMixin
+from .loading import PreTrainedMixin
+from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast,
+                      TokenClassifierOutput)
 
 # The checkpoints were trained with fairseq's LayerNorm eps; the reference ignores config.layer_norm_eps.
 LAYER_NORM_EPS = 1e-5
 # BioGPT (like fairseq) reserves the first two rows of the position table; position p reads row p + 2.
 POSITION_OFFSET = 2
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs: dataclasses that also index like tuples and dicts, as transformers' ModelOutput does.
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class ModelOutput:
-    def _present(self) -> list[tuple[str, Any]]:
-        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
-
-    def __getitem__(self, key: Union[int, str, slice]) -> Any:
-        if isinstance(key, str):
-            return dict(self._present())[key]
-        return self.to_tuple()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(name for name, _ in self._present())
-
-    def keys(self) -> list[str]:
-        return [name for name, _ in self._present()]
-
-    def to_tuple(self) -> tuple:
-        return tuple(value for _, value in self._present())
-
-
-@dataclass
-class BaseModelOutputWithPast(ModelOutput):
-    last_hidden_state: Optional[torch.Tensor] = None
-    past_key_values: Optional["KVCache"] = None
-    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
-    attentions: Optional[tuple[torch.Tensor, ...]] = None
-
-
-@dataclass
-class CausalLMOutputWithPast(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    past_key_values: Optional["KVCache"] = None
-    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
-    attentions: Optional[tuple[torch.Tensor, ...]] = None
-
-
-@dataclass
-class TokenClassifierOutput(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
-    attentions: Optional[tuple[torch.Tensor, ...]] = None
-
-
-@dataclass
-class SequenceClassifierOutputWithPast(ModelOutput):
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    past_key_values: Optional["KVCache"] = None
-    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
-    attentions: Optional[tuple[torch.Tensor, ...]] = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# KV cache
-# ----------------------------------------------------------------------------------------------------------------
-class KVCache:
-    """Keys and values of every layer in preallocated buffers of shape (batch, heads, capacity, head_dim).
-
-    Each forward writes its new positions in place at `[length : length + t]` and attends over the view
-    `[:length + t]`, so decoding never concatenates the whole cache. When `capacity` is too small the buffers grow
-    by doubling (amortised O(1) per token); generation sizes them exactly once (prompt + new tokens).
-    """
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        self.keys, self.values = keys, values
-        self.length = 0
-
-    @classmethod
-    def for_model(cls, model: "BioGptPreTrainedModel", batch_size: int, capacity: int) -> "KVCache":
-        """Zeroed buffers for `model`, each on its own layer's device (device_map may spread layers)."""
-        config = model.config
-        shape = (batch_size, config.num_attention_heads, capacity, config.head_dim)
-        devices = [layer.self_attn.out_proj.weight.device for layer in model.base_model.layers]
-        dtype = model.dtype
-        return cls([torch.zeros(shape, dtype=dtype, device=d) for d in devices],
-                   [torch.zeros(shape, dtype=dtype, device=d) for d in devices])
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `key`/`value` (batch, heads, t, head_dim) after the cached positions; return all keys/values."""
-        end = self.length + key.shape[2]
-        if end > self.keys[layer_idx].shape[2]:
-            self._grow(layer_idx, end)
-        self.keys[layer_idx][:, :, self.length:end] = key
-        self.values[layer_idx][:, :, self.length:end] = value
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
-
-    def _grow(self, layer_idx: int, needed: int) -> None:
-        old_k, old_v = self.keys[layer_idx], self.values[layer_idx]
-        capacity = max(needed, 2 * old_k.shape[2], 16)
-        new_k = old_k.new_zeros(old_k.shape[:2] + (capacity,) + old_k.shape[3:])
-        new_v = old_v.new_zeros(new_k.shape)
-        new_k[:, :, :self.length] = old_k[:, :, :self.length]
-        new_v[:, :, :self.length] = old_v[:, :, :self.length]
-        self.keys[layer_idx], self.values[layer_idx] = new_k, new_v
-
-    def advance(self, num_tokens: int) -> None:
-        """Called once per forward, after every layer has written its `num_tokens` new positions."""
-        self.length += num_tokens
-
-    def reorder(self, batch_indices: torch.Tensor) -> None:
-        """Keep rows `batch_indices` (beam search reorders, finished rows drop out)."""
-        for i in range(len(self.keys)):
-            idx = batch_indices.to(self.keys[i].device)
-            self.keys[i] = self.keys[i].index_select(0, idx)
-            self.values[i] = self.values[i].index_select(0, idx)
-
-    def crop(self, length: int) -> None:
-        """Forget everything after the first `length` positions."""
-        self.length = min(self.length, length)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-class StaticKVCache(KVCache):
-    """A `KVCache` whose decode steps keep every shape fixed, for CUDA graphs / `torch.compile(mode="reduce-overhead")`.
-
-    Prefill (while `index` is None) works like `KVCache`. For decode steps the caller sets `index`, a one-element
-    long tensor holding the slot to write: `update` copies the new key/value there with `index_copy_` and returns
-    the whole buffers, so attention always spans the full capacity and the caller's boolean key mask (see
-    `static_decode_step`) hides the slots not written yet. No Python integer that changes from step to step enters
-    the computation.
-    """
-
-    index: Optional[torch.Tensor] = None
-
-    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.index is None:
-            return super().update(layer_idx, key, value)
-        self.keys[layer_idx].index_copy_(2, self.index, key)
-        self.values[layer_idx].index_copy_(2, self.index, value)
-        return self.keys[layer_idx], self.values[layer_idx]
-
-
-def static_decode_step(model: "BioGptForCausalLM", tokens: torch.Tensor, position_ids: torch.Tensor,
-                       key_mask: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-    """Logits (rows, vocab) for `tokens` (rows, 1) at `position_ids` (rows, 1), written at `cache.index`.
-
-    `key_mask` (rows, capacity) bool marks the slots each row may attend to (its real prompt tokens, the generated
-    ones and the current one). Every tensor has the same shape at every step, so this function can be captured by
-    CUDA graphs or compiled once; it gives the same tokens as the default (growing-view) path.
-    """
-    base = model.base_model
-    hidden = base.embed_tokens(tokens) * base.embed_scale
-    hidden = hidden + base.embed_positions(position_ids + POSITION_OFFSET).to(hidden.dtype)
-    mask = key_mask[:, None, None, :]
-    for layer in base.layers:
-        hidden, _ = layer(hidden, mask, cache)
-    hidden = base.layer_norm(hidden)
-    return model.output_projection(hidden)[:, -1]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Inference linear layers on CPU
-# ----------------------------------------------------------------------------------------------------------------
-# For few rows (decoding), ATen's addmm goes to MKL, which runs a (1, k) x (k, n) product on one core; oneDNN's
-# inner-product primitive uses every thread, which is ~2x faster per token on a memory-bound CPU (same fp32
-# arithmetic, accumulation order aside). bf16 additionally wants its weights reordered once into oneDNN's blocked
-# layout (~2.5x faster than the plain layout); that copy lives outside the module (no parameter/buffer, so
-# state_dict(), save_pretrained and deepcopy are untouched) and is rebuilt whenever the weight changes.
-# BIOGPT_ONEDNN=0 turns all of this off (plain F.linear everywhere).
-_ONEDNN_STATE: dict[str, bool] = {}
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _onednn_available() -> bool:
-    ok = _ONEDNN_STATE.get("ok")
-    if ok is None:
-        ok = os.environ.get("BIOGPT_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
-        if ok:
-            try:
-                with torch.no_grad():
-                    probe = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ones(2, 4), None, "none", [], "")
-                ok = bool(probe.eq(4).all())
-            except (RuntimeError, AttributeError, NotImplementedError):  # op absent from this torch build: ATen
-                ok = False
-        _ONEDNN_STATE["ok"] = ok
-    return ok
-
-
-def _packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
-    weight = module.weight
-    try:
-        key = (weight.data_ptr(), weight._version)
-    except RuntimeError:  # an inference-mode tensor has no version counter: do not cache what could go stale
-        return None
-    cached = _PACKED.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-    except (RuntimeError, AttributeError, NotImplementedError):  # no reorder for this shape/build: plain layout
-        return None
-    _PACKED[module] = (key, packed)
-    return packed
-
-
-def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)`, through oneDNN for a plain nn.Linear on CPU when no gradient is needed (see above)."""
-    if type(module) is not nn.Linear or module._forward_hooks or module._forward_pre_hooks \
-            or "forward" in module.__dict__ or x.device.type != "cpu" or torch.compiler.is_compiling():
-        return module(x)  # (under torch.compile, inductor chooses its own CPU kernels)
-    weight, bias = module.weight, module.bias
-    if (x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or not weight.is_contiguous()
-            or (bias is not None and bias.dtype != x.dtype)
-            or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
-                                             or (bias is not None and bias.requires_grad)))
-            or not _onednn_available()):
-        return module(x)
-    if x.dtype == torch.bfloat16:
-        packed = _packed_weight(module)
-        weight = packed if packed is not None else weight
-    rows = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,19 +48,6 @@ def _activation(name: str):
     if name == "relu":
         return F.relu
     return torch.tanh
-
-
-def flash_attention_unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """Why flash_attention_2 cannot run here, or None when it can."""
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is None:
-        return "flash_attention_2 needs the `flash_attn` package, which is not installed (pip install flash-attn)"
-    if device.type != "cuda":
-        return f"flash_attention_2 needs a CUDA device; this model is on {device.type}"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"flash_attention_2 needs float16 or bfloat16 weights; this model is {str(dtype).replace('torch.', '')}"
-    return None
 
 
 class BioGptAttention(nn.Module):
@@ -311,9 +70,9 @@ class BioGptAttention(nn.Module):
         """`mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention."""
         batch, length, _ = hidden_states.shape
         split = (batch, length, self.num_heads, self.head_dim)
-        query = _linear(self.q_proj, hidden_states).view(split).transpose(1, 2)
-        key = _linear(self.k_proj, hidden_states).view(split).transpose(1, 2)
-        value = _linear(self.v_proj, hidden_states).view(split).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(split).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(split).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(split).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(self.layer_idx, key, value)
 
@@ -352,7 +111,7 @@ class BioGptAttention(nn.Module):
                 attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                           scale=self.scaling)
         attended = attended.transpose(1, 2).reshape(batch, length, -1)
-        return _linear(self.out_proj, attended), weights
+        return self.out_proj(attended), weights
 
 
 def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
@@ -396,8 +155,8 @@ class BioGptDecoderLayer(nn.Module):
         attended, weights = self.self_attn(self.self_attn_layer_norm(hidden_states), mask, cache, head_mask,
                                            output_attentions)
         hidden_states = hidden_states + F.dropout(attended, p=self.dropout, training=self.training)
-        inner = self.activation(_linear(self.fc1, self.final_layer_norm(hidden_states)))
-        inner = _linear(self.fc2, F.dropout(inner, p=self.activation_dropout, training=self.training))
+        inner = self.activation(self.fc1(self.final_layer_norm(hidden_states)))
+        inner = self.fc2(F.dropout(inner, p=self.activation_dropout, training=self.training))
         hidden_states = hidden_states + F.dropout(inner, p=self.dropout, training=self.training)
         return hidden_states, weights
 
@@ -405,8 +164,8 @@ class BioGptDecoderLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
-class BioGptPreTrainedModel(nn.Module):
-    """Shared machinery: weight init, loading/saving (see `loading.py`), device/dtype helpers."""
+class BioGptPreTrainedModel(PreTrainedMixin, nn.Module):
+    """Shared machinery: weight init, device/dtype helpers; `from_pretrained`/`save_pretrained` from the mixin."""
 
     config_class = BioGptConfig
     base_model_prefix = "biogpt"
@@ -473,15 +232,6 @@ class BioGptPreTrainedModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    # -- checkpoint I/O (implemented in loading.py so that this file stays about the model) --------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], *model_args: Any,
-                        **kwargs: Any) -> "BioGptPreTrainedModel":
-        """Load a checkpoint: a Hub repo id, a local directory or a single weights file. See `loading.load_model`."""
-        from .loading import load_model
-
-        return load_model(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
     @classmethod
     def from_config(cls, config: BioGptConfig, **kwargs: Any) -> "BioGptPreTrainedModel":
         if "attn_implementation" in kwargs:
@@ -493,18 +243,12 @@ class BioGptPreTrainedModel(nn.Module):
             model.to(dtype)
         return model
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
-        """Write config.json + model.safetensors as transformers does (tied head omitted)."""
-        from .loading import save_model
-
-        save_model(self, save_directory, **kwargs)
-
     def set_attn_implementation(self, backend: str) -> None:
         self.config.attn_implementation = backend
 
     def _check_backend(self) -> None:
         if self.config.attn_implementation == "flash_attention_2":
-            reason = flash_attention_unavailable_reason(self.device, self.dtype)
+            reason = attention_unavailable_reason("flash_attention_2", self.device, self.dtype)
             if reason:
                 raise DeviceError(reason + ". Choose attn_implementation='sdpa' or 'eager'.")
 
@@ -548,6 +292,41 @@ class BioGptModel(BioGptPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    def embed(self, position_ids: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+              inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scaled token embeddings (or `inputs_embeds`) plus the embeddings of `position_ids` (0 = first token)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        return inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET).to(inputs_embeds.dtype)
+
+    def run_layers(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache],
+                   head_mask: Optional[torch.Tensor] = None, output_attentions: bool = False,
+                   output_hidden_states: bool = False) -> tuple[torch.Tensor, Optional[list], Optional[list]]:
+        """The decoder blocks then the final LayerNorm: (last hidden state, every hidden state, every attention map).
+
+        `mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention; the caller
+        advances `cache` once every layer has written its keys and values.
+        """
+        all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if self.training and self.layerdrop and torch.rand(()) < self.layerdrop:
+                continue
+            layer_device = layer.fc1.weight.device
+            if hidden_states.device != layer_device:  # device_map placed this layer elsewhere
+                hidden_states = hidden_states.to(layer_device)
+                mask = mask.to(layer_device) if mask is not None else None
+            hidden_states, weights = layer(hidden_states, mask, cache, head_mask[i] if head_mask is not None else None,
+                                           output_attentions)
+            if all_attentions is not None:
+                all_attentions.append(weights)
+        hidden_states = self.layer_norm(hidden_states.to(self.layer_norm.weight.device))
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        return hidden_states, all_hidden, all_attentions
+
     def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
                 past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = None,
@@ -573,36 +352,18 @@ class BioGptModel(BioGptPreTrainedModel):
                              f"{(batch, past + length)} (cached + new tokens).")
         if position_ids is None:
             position_ids = _positions_from_mask(attention_mask, past, length, device)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET).to(inputs_embeds.dtype)
-        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-
+        hidden_states = F.dropout(self.embed(position_ids, inputs_embeds=inputs_embeds), p=self.dropout,
+                                  training=self.training)
         if use_cache and past_key_values is None:
             past_key_values = KVCache.for_model(self, batch, length)
         cache = past_key_values if use_cache or past_key_values is not None else None
         mask = build_attention_mask(attention_mask, length, past + length, device)
-        head_mask = _per_layer_head_mask(head_mask, self.config)
         self._check_backend()
-
-        all_hidden = [] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for i, layer in enumerate(self.layers):
-            if all_hidden is not None:
-                all_hidden.append(hidden_states)
-            if self.training and self.layerdrop and torch.rand(()) < self.layerdrop:
-                continue
-            layer_device = layer.fc1.weight.device
-            if hidden_states.device != layer_device:  # device_map placed this layer elsewhere
-                hidden_states = hidden_states.to(layer_device)
-                mask = mask.to(layer_device) if mask is not None else None
-            hidden_states, weights = layer(hidden_states, mask, cache, head_mask[i] if head_mask is not None else None,
-                                           output_attentions)
-            if all_attentions is not None:
-                all_attentions.append(weights)
+        hidden_states, all_hidden, all_attentions = self.run_layers(
+            hidden_states, mask, cache, _per_layer_head_mask(head_mask, self.config), output_attentions,
+            output_hidden_states)
         if cache is not None:
             cache.advance(length)
-        hidden_states = self.layer_norm(hidden_states.to(self.layer_norm.weight.device))
-        if all_hidden is not None:
-            all_hidden.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=cache if use_cache else None,
@@ -632,7 +393,7 @@ def _per_layer_head_mask(head_mask: Optional[torch.Tensor], config: BioGptConfig
     raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}); got {tuple(head_mask.shape)}.")
 
 
-class BioGptForCausalLM(BioGptPreTrainedModel):
+class BioGptForCausalLM(GenerationMixin, BioGptPreTrainedModel):
     """The language model: the decoder plus `output_projection`, tied to the token embeddings."""
 
     tied_weights = {"output_projection.weight": "biogpt.embed_tokens.weight"}
@@ -671,18 +432,6 @@ class BioGptForCausalLM(BioGptPreTrainedModel):
                                    ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states, attentions=out.attentions)
-
-    def generate(self, input_ids: Optional[torch.LongTensor] = None, **kwargs: Any) -> torch.LongTensor:
-        """Greedy, beam or sampled continuation of `input_ids` (see `biogpt.generation.generate`)."""
-        from .generation import generate
-
-        return generate(self, input_ids=input_ids, **kwargs)
-
-    def stream(self, input_ids: Optional[torch.LongTensor] = None, **kwargs: Any):
-        """Yield text deltas as tokens are produced (see `biogpt.generation.stream_generate`)."""
-        from .generation import stream_generate
-
-        return stream_generate(self, input_ids=input_ids, **kwargs)
 
 
 class BioGptForTokenClassification(BioGptPreTrainedModel):
@@ -767,11 +516,3 @@ class BioGptForSequenceClassification(BioGptPreTrainedModel):
         if problem == "single_label_classification":
             return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
-
-MODEL_CLASSES = {
-    "BioGptModel": BioGptModel,
-    "BioGptForCausalLM": BioGptForCausalLM,
-    "BioGptForTokenClassification": BioGptForTokenClassification,
-    "BioGptForSequenceClassification": BioGptForSequenceClassification,
-}

@@ -29,11 +29,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .devices import DTYPES, dtype_name, resolve_device
 from .errors import ConfigError, DeviceError
 
 _QUANT_TYPES = ("nf4", "fp4")
 _STORAGE_DTYPES = ("uint8", "int8", "float16", "bfloat16", "float32")
-_COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 # Linear layers inside the decoder blocks; everything else keeps the compute dtype.
 _QUANTIZABLE = re.compile(r"^(?:biogpt\.)?layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|fc1|fc2)$")
 _INSTALL_HINT = "pip install 'bitsandbytes>=0.45' (or pip install 'biogpt[quantization]')"
@@ -45,7 +46,7 @@ def _as_dtype(value: Union[str, torch.dtype, None], field_name: str) -> Optional
     name = str(value).replace("torch.", "")
     if name not in _COMPUTE_DTYPES:
         raise ConfigError(f"{field_name} must be one of {', '.join(_COMPUTE_DTYPES)} or a torch dtype; got {value!r}.")
-    return _COMPUTE_DTYPES[name]
+    return DTYPES[name]
 
 
 @dataclass
@@ -109,7 +110,7 @@ class BitsAndBytesConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in transformers' layout (dtypes as names, plus quant_method)."""
         def name(dtype: Optional[torch.dtype]) -> Optional[str]:
-            return None if dtype is None else str(dtype).replace("torch.", "")
+            return None if dtype is None else dtype_name(dtype)
 
         return {
             "quant_method": "bitsandbytes",
@@ -145,10 +146,7 @@ def quantization_unavailable_reason(device: Union[str, torch.device] = "cpu", bi
         bnb = _import_bnb()
     except DeviceError as exc:
         return str(exc)
-    if str(device) == "auto":
-        from .manager import resolve_device
-
-        device = resolve_device("auto")
+    device = resolve_device(device) if str(device) == "auto" else device
     kind = torch.device(device).type
     supported = getattr(bnb, "supported_torch_devices", {"cuda"})
     if kind not in supported:

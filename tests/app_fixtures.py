@@ -93,9 +93,9 @@ def server(checkpoints: Checkpoints) -> Iterator[Server]:
     """The real app on 127.0.0.1 (a free port) with a fresh manager; closed at the end of the module."""
     from app import build_app
     from biogpt.manager import ModelManager
-    from ui.handlers import AppSettings
+    from biogpt.settings import Settings
 
-    settings = AppSettings(model=checkpoints.lm, preload=False, concurrency=2, max_new_tokens=64)
+    settings = Settings(model=checkpoints.lm, preload=False, concurrency=2, max_new_tokens=64)
     demo = build_app(manager=ModelManager(max_models=4), settings=settings)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)

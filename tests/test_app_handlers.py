@@ -14,7 +14,9 @@ import pytest
 from app_fixtures import CLASS_LABELS, NER_LABELS, Checkpoints, checkpoints  # noqa: F401  (fixture)
 from biogpt.generation import continuation_text
 from biogpt.manager import ModelManager
-from ui.handlers import AppSettings, Workbench, confidence_html
+from biogpt.settings import Settings
+from ui.formatting import confidence_html
+from ui.handlers import Workbench
 
 GREEDY = dict(mode="greedy", temperature=0.8, top_p=0.95, top_k=50, repetition_penalty=1.0,
               no_repeat_ngram_size=0, num_beams=4, seed=-1)
@@ -23,7 +25,7 @@ TEXT = "Cisplatin-induced nephrotoxicity was observed in patients with ovarian c
 
 @pytest.fixture(scope="module")
 def bench(checkpoints: Checkpoints) -> Workbench:
-    return Workbench(ModelManager(max_models=4), AppSettings(model=checkpoints.lm, max_new_tokens=256))
+    return Workbench(ModelManager(max_models=4), Settings(model=checkpoints.lm, max_new_tokens=256))
 
 
 @pytest.fixture()
@@ -196,19 +198,6 @@ def test_entity_and_classify_validation_messages(bench: Workbench, state: dict, 
     assert _error(excinfo).startswith("Precision must be one of auto, float32, bfloat16, float16")
 
 
-def test_settings_from_env() -> None:
-    settings = AppSettings.from_env({"BIOGPT_PORT": "8000", "BIOGPT_HOST": "0.0.0.0", "BIOGPT_CONCURRENCY": "3",
-                                     "BIOGPT_MAX_QUEUE": "5", "BIOGPT_PRELOAD": "0", "BIOGPT_MODEL": "demo"})
-    assert (settings.port, settings.host, settings.concurrency, settings.max_queue, settings.preload,
-            settings.model) == (8000, "0.0.0.0", 3, 5, False, "demo")
-    with pytest.raises(ValueError, match="BIOGPT_PORT must be an integer"):
-        AppSettings.from_env({"BIOGPT_PORT": "eighty"})
-    # Loopback by default; reachable from outside the container on Hugging Face Spaces.
-    assert AppSettings.from_env({}).host == "127.0.0.1"
-    assert AppSettings.from_env({"SPACE_ID": "someone/biogpt"}).host == "0.0.0.0"
-    assert AppSettings.from_env({"GRADIO_SERVER_NAME": "0.0.0.0"}).host == "0.0.0.0"
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Untrusted values at the handler boundary
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,7 +267,7 @@ def test_beam_search_over_the_memory_limit_is_refused_before_decoding(bench: Wor
     prompt = "COVID-19 is"
     length = min(len(loaded.tokenizer(prompt)["input_ids"]) + 64, loaded.model.config.max_position_embeddings)
     beams = dict(GREEDY, mode="beam", num_beams=4)
-    monkeypatch.setenv("BIOGPT_MAX_BEAM_TOKENS", str(4 * length - 1))
+    monkeypatch.setattr(loaded.server, "settings", Settings(max_beam_tokens=4 * length - 1))
     calls = []
     monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: calls.append(1))  # must never be reached
     with pytest.raises(gr.Error) as excinfo:
@@ -289,7 +278,7 @@ def test_beam_search_over_the_memory_limit_is_refused_before_decoding(bench: Wor
         "prompt.")
     assert not calls and all(row["in_use"] == 0 for row in bench.manager.status())
     monkeypatch.undo()
-    monkeypatch.setenv("BIOGPT_MAX_BEAM_TOKENS", str(4 * length))  # exactly at the limit: allowed
+    monkeypatch.setattr(loaded.server, "settings", Settings(max_beam_tokens=4 * length))  # at the limit: allowed
     assert list(bench.generate(prompt, state=state, max_new_tokens=64, **beams))[-1][0].startswith(prompt)
 
 
@@ -297,18 +286,18 @@ def test_entity_files_stay_bounded_on_disk(bench: Workbench, state: dict, checkp
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from ui import handlers
+    from ui import downloads
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(handlers, "_entity_swept", False)
+    monkeypatch.setattr(downloads, "_swept", False)
     stale = tmp_path / "biogpt-entities-999999999"  # left by a process that no longer runs
     stale.mkdir()
     (tmp_path / "biogpt-entities-notapid").mkdir()  # not ours: left alone
-    keep = handlers.ENTITY_FOLDERS_KEPT
+    keep = downloads.ENTITY_FOLDERS_KEPT
     found = [{"text": "Aspirin", "label": "Chemical", "score": 0.9, "start": 0, "end": 7}]
-    returned = [Workbench._entity_files(found) for _ in range(3 * keep)]
+    returned = [downloads.entity_files(found) for _ in range(3 * keep)]
     files = bench.entities(TEXT, checkpoints.ner, 0.0, "simple", state)[2]
-    root = handlers.entity_root()
+    root = downloads.entity_root()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, "biogpt-entities-notapid"])
     folders = list(root.iterdir())
     assert len(folders) == keep and all(sorted(p.name for p in f.iterdir()) == ["entities.csv", "entities.json"]
@@ -323,16 +312,14 @@ def test_the_ui_asks_the_library_about_devices_and_has_no_tensor_code(bench: Wor
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    from biogpt import manager
+    from biogpt import devices
 
     root = Path(__file__).resolve().parent.parent
     for path in [root / "app.py", *sorted((root / "ui").glob("*.py"))]:
         assert not re.search(r"^\s*(import torch|from torch)", path.read_text(encoding="utf-8"), re.M), path
-    devices = manager.available_devices()
-    assert devices[:2] == ["auto", "cpu"] and manager.default_concurrency() in (2, 4)
-    assert manager.attention_unavailable_reason("sdpa") is None
-    monkeypatch.setattr(manager, "attention_unavailable_reason", lambda *a: "no flash here")
-    monkeypatch.setattr("ui.handlers.attention_unavailable_reason", manager.attention_unavailable_reason)
+    assert devices.available_devices()[:2] == ["auto", "cpu"] and devices.default_concurrency() in (2, 4)
+    assert devices.attention_unavailable_reason("sdpa") is None
+    monkeypatch.setattr("ui.handlers.attention_unavailable_reason", lambda *a: "no flash here")
     with pytest.raises(gr.Error) as excinfo:
         bench.load_model(state["source"], "flash_attention_2", "auto", False, "auto", state, progress=None)
     assert _error(excinfo) == "flash_attention_2 is unavailable: no flash here. Choose sdpa or eager."
@@ -363,14 +350,12 @@ def _wait(condition, timeout: float = 10.0) -> bool:
 
 
 def test_concurrent_generations_are_batched_and_equal_solo_runs(bench: Workbench, state: dict) -> None:
-    from ui.handlers import generation_engine
-
     prompts = ["Ibuprofen is best used for", "COVID-19 is"]  # different lengths: the merged batch is left-padded
     params = dict(GREEDY, max_new_tokens=40)
     list(bench.generate("warm up", max_new_tokens=2, state=state, **GREEDY))
     loaded = bench.manager.get(bench.spec(state))
-    engine = generation_engine(loaded)
-    assert engine is generation_engine(loaded), "one engine per loaded model"
+    engine = loaded.server.engine
+    assert engine is loaded.server.engine, "one engine per loaded model"
 
     solo_texts, solo_forwards = [], 0
     for prompt in prompts:
@@ -402,11 +387,9 @@ def test_concurrent_generations_are_batched_and_equal_solo_runs(bench: Workbench
 
 
 def test_stop_and_a_closed_client_stop_the_engine(bench: Workbench, state: dict) -> None:
-    from ui.handlers import generation_engine
-
     list(bench.generate("warm up", max_new_tokens=2, state=state, **GREEDY))
     loaded = bench.manager.get(bench.spec(state))
-    engine = generation_engine(loaded)
+    engine = loaded.server.engine
     undo = _slow_forward(loaded.model)
     try:
         # Stop: the engine's forward count stops growing within a step.
@@ -436,9 +419,7 @@ def test_stop_and_a_closed_client_stop_the_engine(bench: Workbench, state: dict)
 
 
 def test_beam_search_bypasses_the_engine(bench: Workbench, state: dict) -> None:
-    from ui.handlers import generation_engine
-
-    engine = generation_engine(bench.manager.get(bench.spec(state)))
+    engine = bench.manager.get(bench.spec(state)).server.engine
     before = engine.forward_count, engine.prefill_count
     updates = list(bench.generate("COVID-19 is", state=state, **dict(GREEDY, mode="beam", num_beams=3,
                                                                       max_new_tokens=8)))
@@ -448,14 +429,14 @@ def test_beam_search_bypasses_the_engine(bench: Workbench, state: dict) -> None:
 
 def test_unloading_or_evicting_the_model_closes_its_engine(checkpoints: Checkpoints) -> None:
     manager = ModelManager(max_models=1)
-    bench = Workbench(manager, AppSettings(model=checkpoints.lm, max_new_tokens=64))
+    bench = Workbench(manager, Settings(model=checkpoints.lm, max_new_tokens=64))
     state = bench.default_state()
     spec = bench.spec(state)
     closed: list = []
     manager.on_unload.append(lambda loaded: closed.append(loaded.spec))
 
     list(bench.generate("COVID-19 is", max_new_tokens=4, state=state, **GREEDY))
-    engine = manager.get(spec).attachments["batching-engine"]
+    engine = manager.get(spec).server.engine
     thread = engine._thread
     assert thread is not None and thread.is_alive()
     assert manager.unload(spec)
@@ -465,11 +446,11 @@ def test_unloading_or_evicting_the_model_closes_its_engine(checkpoints: Checkpoi
     # Eviction (max_models=1): loading another model closes the engine of the one it replaces.
     list(bench.generate("COVID-19 is", max_new_tokens=4, state=state, **GREEDY))
     loaded = manager.get(spec)
-    engine = loaded.attachments["batching-engine"]
+    engine = loaded.server.engine
     assert engine._thread.is_alive()
     manager.get(bench.spec(state, "token-classification", checkpoints.ner))
     assert not manager.loaded(spec)
-    assert not engine._thread.is_alive() and not loaded.attachments
+    assert not engine._thread.is_alive() and loaded.server._engine is None
     assert closed == [spec, spec]
 
 
@@ -477,9 +458,8 @@ def test_generate_event_runs_requests_concurrently(checkpoints: Checkpoints, mon
     from app import build_app
 
     monkeypatch.setenv("BIOGPT_GENERATE_CONCURRENCY", "6")
-    settings = AppSettings.from_env()
+    settings = Settings.from_env()
     assert settings.generate_concurrency == 6
-    assert AppSettings.from_env({}).generate_concurrency == 8
-    demo = build_app(ModelManager(max_models=1), AppSettings(model=checkpoints.lm, preload=False))
+    demo = build_app(ModelManager(max_models=1), Settings(model=checkpoints.lm, preload=False))
     generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
     assert (generate.concurrency_limit, generate.concurrency_id) == (8, "generate")

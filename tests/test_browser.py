@@ -1,7 +1,12 @@
-"""The app in a real headless Chromium: streaming, Stop, the three tabs, no script injection; saves screenshots."""
+"""The app in a real headless Chromium: streaming, Stop, the three tabs, no script injection; takes screenshots.
+
+Screenshots go to a temporary folder; `make screenshots` sets SCREENSHOTS_DIR=docs/screenshots to refresh the
+README's pictures (look at them before committing).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -11,12 +16,18 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from app_fixtures import REPO, Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
+from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = REPO / "docs" / "screenshots"
 XSS_PROMPT = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script>'
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: SCREENSHOTS_DIR (`make screenshots`) or a temporary folder."""
+    folder = os.environ.get("SCREENSHOTS_DIR")
+    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +86,7 @@ def _generate(page, prompt: str) -> None:
     page.locator("#gen-run").click()
 
 
-def test_generate_streams_and_stop_stops(page, slow_model: list) -> None:
+def test_generate_streams_and_stop_stops(page, slow_model: list, shots: Path) -> None:
     page.locator("#gen-prompt textarea").fill("COVID-19 is")
     page.get_by_label("Max new tokens").first.fill("64")
     page.locator("#gen-run").click()
@@ -86,7 +97,7 @@ def test_generate_streams_and_stop_stops(page, slow_model: list) -> None:
         page.wait_for_timeout(100)
     seen = [r for r in dict.fromkeys(readings) if r.strip()]
     assert len(seen) >= 2 and seen[1].startswith(seen[0]), f"the text should grow while streaming: {seen}"
-    page.screenshot(path=str(SHOTS / "app-generate.png"), full_page=True)
+    page.screenshot(path=str(shots / "app-generate.png"), full_page=True)
 
     page.locator("#gen-stop").click()
     page.wait_for_timeout(500)
@@ -97,7 +108,7 @@ def test_generate_streams_and_stop_stops(page, slow_model: list) -> None:
     assert len(slow_model) < 64, "Stop should end the run before max_new_tokens"
 
 
-def test_entities_are_highlighted(page, checkpoints: Checkpoints) -> None:
+def test_entities_are_highlighted(page, checkpoints: Checkpoints, shots: Path) -> None:
     page.get_by_role("tab", name="Entities").click()
     if not checkpoints.demo:
         _choose(page, "#ent-backend", checkpoints.ner)
@@ -107,10 +118,10 @@ def test_entities_are_highlighted(page, checkpoints: Checkpoints) -> None:
     spans = page.locator("#ent-highlighted .token.highlighted")
     spans.first.wait_for(timeout=30_000)
     assert spans.count() >= 1
-    page.screenshot(path=str(SHOTS / "app-entities.png"), full_page=True)
+    page.screenshot(path=str(shots / "app-entities.png"), full_page=True)
 
 
-def test_classify_shows_a_label(page, checkpoints: Checkpoints) -> None:
+def test_classify_shows_a_label(page, checkpoints: Checkpoints, shots: Path) -> None:
     page.get_by_role("tab", name="Classify").click()
     if not checkpoints.demo:
         _choose(page, "#cls-classifier", checkpoints.classify)
@@ -119,7 +130,7 @@ def test_classify_shows_a_label(page, checkpoints: Checkpoints) -> None:
     heading = page.locator("#cls-label .output-class")
     heading.first.wait_for(timeout=30_000)
     assert heading.first.inner_text().strip()
-    page.screenshot(path=str(SHOTS / "app-classify.png"), full_page=True)
+    page.screenshot(path=str(shots / "app-classify.png"), full_page=True)
 
 
 def test_user_and_model_text_are_never_run_as_html(page, checkpoints: Checkpoints) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from sacremoses import MosesTokenizer
 
-from biogpt.demo import corpus, facts
+from tools.demo import corpus, facts
 
 N = 600
 

@@ -1,4 +1,4 @@
-"""The bundled demo checkpoints in assets/models: Hub layout, parity with transformers, measured quality, and a
+"""The bundled demo checkpoints in biogpt/demo_models: Hub layout, parity with transformers, measured quality, and a
 reproducible `--quick` build."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 
 from biogpt import (BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification,
                     BioGptTokenizer)
-from biogpt.demo import corpus, facts
-from biogpt.demo.build import build, classification_heldout, greedy_samples
+from tools.demo import corpus, facts
+from tools.demo.build import build, classification_heldout, greedy_samples
 from biogpt.tasks.entities import entities_to_spans, extract_entities
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "assets" / "models"
+DEMO = REPO / "biogpt" / "demo_models"
 CLASSES = {"demo-lm": BioGptForCausalLM, "demo-ner": BioGptForTokenClassification,
            "demo-classify": BioGptForSequenceClassification}
 HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -38,7 +38,7 @@ def _metrics(name: str) -> dict[str, Any]:
 def test_checkpoints_are_shipped_in_the_hub_layout(name: str) -> None:
     path = DEMO / name
     for file in HUB_FILES:
-        assert (path / file).is_file(), f"{path / file} is missing: run `python -m biogpt.demo build`"
+        assert (path / file).is_file(), f"{path / file} is missing: run `python -m tools.demo build`"
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "biogpt" and config["architectures"] == [CLASSES[name].__name__]
     assert config["torch_dtype"] in ("float16", "bfloat16")

@@ -17,7 +17,7 @@ import pytest
 from app_fixtures import checkpoints, server  # noqa: F401  (fixtures: the launched app for the client snippet)
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_LM = REPO / "assets" / "models" / "demo-lm"
+DEMO_LM = REPO / "biogpt" / "demo_models" / "demo-lm"
 FENCE = re.compile(r"^( *)```(py|python|bash|sh)\n(.*?)^\1```", re.S | re.M)
 HUB_IDS = ("microsoft/BioGPT-Large-PubMedQA", "microsoft/BioGPT-Large", "microsoft/biogpt")
 

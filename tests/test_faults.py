@@ -28,8 +28,9 @@ from gradio_client.exceptions import AppError
 import biogpt.loading
 from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
 from biogpt import AutoModelForCausalLM, AutoTokenizer, BioGptForCausalLM, CheckpointError, DeviceError
-from biogpt.manager import ManagerSettings, ModelManager, ModelSpec
-from ui.handlers import AppSettings, Workbench
+from biogpt.manager import ModelManager, ModelSpec
+from biogpt.settings import Settings
+from ui.handlers import Workbench
 
 GREEDY = ("greedy", 8, 0.8, 0.95, 50, 1.0, 0, 4, -1)  # mode, max new tokens, temperature, top-p, top-k, ...
 
@@ -185,8 +186,8 @@ def test_trust_remote_code_is_refused(checkpoints, tmp_path) -> None:
 
 
 def test_local_paths_are_off_on_spaces_through_the_app(checkpoints) -> None:
-    manager = ModelManager.from_settings(ManagerSettings.from_env({"SPACE_ID": "someone/biogpt"}))
-    bench = Workbench(manager, AppSettings(model="microsoft/biogpt", preload=False))
+    manager = ModelManager.from_settings(Settings.from_env({"SPACE_ID": "someone/biogpt"}))
+    bench = Workbench(manager, Settings(model="microsoft/biogpt", preload=False))
     for path in ("/etc", "../../etc/passwd", checkpoints.lm if not checkpoints.demo else "/tmp"):
         with pytest.raises(gr.Error, match="Local paths are disabled on this server"):
             bench.load_model(path, "sdpa", "auto", False, "auto", bench.default_state(), progress=None)

@@ -17,6 +17,8 @@ import torch
 
 from biogpt import BioGptConfig, BioGptForSequenceClassification, BioGptForTokenClassification
 
+pytestmark = pytest.mark.training
+
 transformers = pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,14 +3,14 @@ left padding, length safety and parameter errors."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 import biogpt
 from biogpt.errors import GenerationParameterError
-from biogpt.generation import GenerationConfig, _processors, _plan, generate
+from biogpt.generation import GenerationConfig, generate
+from biogpt.generation.processors import build_processors
 
 transformers = pytest.importorskip("transformers")
 
@@ -209,10 +209,10 @@ def test_top_k_and_top_p_filtering_by_hand():
     scores = probs.log()
     config = GenerationConfig(do_sample=True, top_k=3, top_p=1.0)
     plan_stub = type("P", (), {"prompt_length": 1, "min_length": 0})()
-    (top_k,) = _processors(config, plan_stub, None, 5, beam=False)
+    (top_k,) = build_processors(config, plan_stub, None, 5, beam=False)
     assert torch.isinf(top_k(None, scores)).tolist() == [[False, False, False, True, True]]
     config = GenerationConfig(do_sample=True, top_k=0, top_p=0.8)
-    (top_p,) = _processors(config, plan_stub, None, 5, beam=False)
+    (top_p,) = build_processors(config, plan_stub, None, 5, beam=False)
     # 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is needed too; 0.1 and 0.05 (cumulative 0.15 <= 0.2) go.
     kept = ~torch.isinf(top_p(None, scores))
     assert kept.tolist() == [[True, True, True, False, False]]
@@ -325,11 +325,11 @@ def test_generation_config_round_trip_and_loading(tmp_path, models):
 def test_cache_allocated_once(models, monkeypatch):
     """One KVCache of exactly prompt + new tokens, one prefill with logits_to_keep=1, one token per step after."""
     _, ours = models
-    from biogpt import generation
+    from biogpt.cache import KVCache
 
     allocations, calls = [], []
-    original_for_model = generation.KVCache.for_model
-    monkeypatch.setattr(generation.KVCache, "for_model",
+    original_for_model = KVCache.for_model
+    monkeypatch.setattr(KVCache, "for_model",
                         classmethod(lambda cls, m, b, c: allocations.append((b, c)) or original_for_model(m, b, c)))
     original_forward = ours.forward
 

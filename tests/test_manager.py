@@ -4,7 +4,6 @@ settings from the environment, local-path restrictions, the catalog and the defa
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ import torch
 
 import biogpt
 from biogpt import CheckpointError, ConfigError, DeviceError, catalog
-from biogpt.manager import LoadedModel, ManagerSettings, ModelInUseError, ModelManager, ModelSpec, parse_bytes
+from biogpt.manager import LoadedModel, ModelInUseError, ModelManager, ModelSpec
+from biogpt.settings import Settings
 
 
 class FakeModel:
@@ -257,6 +257,35 @@ def test_offline_and_unreachable_hub_errors_through_the_manager(monkeypatch, tmp
     assert manager.status() == []
 
 
+def test_an_unreachable_hub_fails_at_once_with_one_message(monkeypatch, tmp_path):
+    """No retries against a dead network: one bounded probe of the endpoint, then a CheckpointError."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    with socket.socket() as sock:  # a loopback port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("biogpt.hub._probe", {})
+    downloads = []
+    real_download = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda **kw: downloads.append(kw) or real_download(**kw))
+    started = time.monotonic()
+    for _ in range(2):
+        with pytest.raises(CheckpointError) as excinfo:
+            ModelManager(cache_dir=tmp_path).get(ModelSpec("someone/not-cached-biogpt"))
+    assert time.monotonic() - started < 3
+    assert str(excinfo.value) == (
+        f"Could not download someone/not-cached-biogpt/config.json: the Hugging Face Hub is unreachable at "
+        f"http://127.0.0.1:{port} (ConnectError) and the file is not in the local cache. Check the network, or use "
+        "a local directory.")
+    assert all(call["local_files_only"] for call in downloads), "only the cache may be asked"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # A real load through a fake Hub: progress, footprint, 4-bit
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,8 +329,9 @@ def fake_hub(monkeypatch, files: Path, chunks: int = 4) -> list[str]:
         return str(source)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    # This fake Hub is "online" even where the suite runs with HF_HUB_OFFLINE=1 (CI does).
+    # This fake Hub is "online" even where the suite runs with HF_HUB_OFFLINE=1 (CI does), and reachable.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("biogpt.hub.hub_unreachable_reason", lambda timeout=None: None)
     return downloaded
 
 
@@ -348,33 +378,15 @@ def test_4bit_unavailable_is_refused_before_loading(monkeypatch, tiny_checkpoint
 # ----------------------------------------------------------------------------------------------------------------
 # Settings, local paths, catalog
 # ----------------------------------------------------------------------------------------------------------------
-def test_settings_from_env(tmp_path):
-    settings = ManagerSettings.from_env({
-        "BIOGPT_MODEL": "demo", "BIOGPT_CACHE_DIR": str(tmp_path), "BIOGPT_MAX_MODELS": "3",
-        "BIOGPT_MEMORY_BUDGET": "8GB", "BIOGPT_GPU_MEMORY_BUDGET": "512MiB", "BIOGPT_PRELOAD": "0",
-        "BIOGPT_LOCAL_ROOTS": os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]),
-    })
-    assert settings.default_model == "demo" and settings.cache_dir == str(tmp_path)
-    assert (settings.max_models, settings.memory_budget_bytes, settings.gpu_memory_budget_bytes) == (3, 8 * 10**9,
-                                                                                                   512 * 2**20)
-    assert settings.preload is False and settings.allow_local_paths is True
-    assert settings.local_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
-    assert settings.default_source() == ("demo", "bundled demo models (BIOGPT_MODEL=demo)")
-
-    defaults = ManagerSettings.from_env({})
-    assert (defaults.max_models, defaults.memory_budget_bytes, defaults.preload, defaults.local_roots) == (
-        2, None, True, ())
-    assert ManagerSettings.from_env({"SPACE_ID": "me/app"}).allow_local_paths is False
-    assert ManagerSettings.from_env({"SPACE_ID": "me/app", "BIOGPT_ALLOW_LOCAL_PATHS": "1"}).allow_local_paths
+def test_manager_from_settings(tmp_path):
+    settings = Settings.from_env({"BIOGPT_CACHE_DIR": str(tmp_path), "BIOGPT_MAX_MODELS": "3",
+                                  "BIOGPT_MEMORY_BUDGET": "8GB", "BIOGPT_GPU_MEMORY_BUDGET": "512MiB",
+                                  "BIOGPT_LOCAL_ROOTS": str(tmp_path / "a"), "SPACE_ID": "me/app"})
     manager = ModelManager.from_settings(settings)
     assert manager.max_models == 3 and manager.memory_budget_bytes == 8 * 10**9
-    with pytest.raises(ConfigError, match="BIOGPT_MEMORY_BUDGET='lots' is not a size"):
-        ManagerSettings.from_env({"BIOGPT_MEMORY_BUDGET": "lots"})
-    with pytest.raises(ConfigError, match="BIOGPT_MAX_MODELS='0'"):
-        ManagerSettings.from_env({"BIOGPT_MAX_MODELS": "0"})
-    with pytest.raises(ConfigError, match="BIOGPT_PRELOAD='maybe'"):
-        ManagerSettings.from_env({"BIOGPT_PRELOAD": "maybe"})
-    assert parse_bytes("1.5 GiB") == int(1.5 * 2**30) and parse_bytes("") is None and parse_bytes("1000") == 1000
+    assert manager.gpu_memory_budget_bytes == 512 * 2**20 and manager.cache_dir == str(tmp_path)
+    assert manager.local_roots == ((tmp_path / "a").resolve(),) and manager.allow_local_paths is False
+    assert manager.settings is settings
 
 
 def test_local_paths_must_stay_inside_the_allowed_roots(tmp_path):
@@ -398,11 +410,12 @@ def test_local_paths_must_stay_inside_the_allowed_roots(tmp_path):
 
 
 def test_demo_resolves_per_task_and_explains_a_missing_build(monkeypatch, tmp_path):
-    monkeypatch.setattr(catalog, "DEMO_ROOT", tmp_path)
+    monkeypatch.setenv("BIOGPT_DEMO_DIR", str(tmp_path))
     (tmp_path / "demo-ner").mkdir()
     (tmp_path / "demo-ner" / "config.json").write_text("{}")
     loader = CountingLoader()
-    manager = ModelManager(loader=loader, allow_local_paths=False)  # the bundled demos are always allowed
+    manager = ModelManager(loader=loader, allow_local_paths=False,  # the bundled demos are always allowed
+                           settings=Settings.from_env())
     assert manager.get(ModelSpec("demo", task="token-classification")).source_path == str(tmp_path / "demo-ner")
     with pytest.raises(CheckpointError, match="demo model for causal-lm is not built .* run `make demo`"):
         manager.get(ModelSpec("demo"))

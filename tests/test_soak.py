@@ -13,9 +13,9 @@ from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401 
 from bench.soak import Requests, run_soak
 
 USERS, REQUESTS = 50, 150
+pytestmark = pytest.mark.soak
 
 
-@pytest.mark.slow
 def test_fifty_concurrent_users_get_their_own_results(server: Server, checkpoints: Checkpoints) -> None:
     requests = Requests(checkpoints.lm, checkpoints.ner, checkpoints.classify)
     reference = requests.solo(server.url)

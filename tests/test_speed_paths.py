@@ -1,5 +1,6 @@
-"""The speed paths: oneDNN inference linears (fp32 exact, bf16 prepacked and invalidated), the static-shape decode
-step (token-identical to the default path) and a cold `from_pretrained` that does not import torch._dynamo."""
+"""The speed paths: oneDNN inference linears swapped in at load (fp32 exact, bf16 prepacked and invalidated), the
+static-shape decode step (token-identical to the default path) and a cold `from_pretrained` that does not import
+torch._dynamo."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import biogpt.modeling as modeling
-from biogpt import BioGptConfig, BioGptForCausalLM
+from biogpt import BioGptConfig, BioGptForCausalLM, kernels
 from biogpt.generation import generate
 
 
@@ -25,17 +25,22 @@ def _tiny(seed: int = 0, dtype: torch.dtype = torch.float32) -> BioGptForCausalL
     return BioGptForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-onednn = pytest.mark.skipif(not modeling._onednn_available(), reason="this torch has no usable oneDNN linear")
+onednn = pytest.mark.skipif(not kernels.onednn_available(), reason="this torch has no usable oneDNN linear")
+
+
+def _onednn(layer: nn.Linear) -> nn.Linear:
+    layer.__class__ = kernels.OneDnnLinear
+    return layer
 
 
 @onednn
 @pytest.mark.parametrize("rows", [1, 3, 17])
 def test_fp32_linear_matches_f_linear(rows):
     torch.manual_seed(0)
-    layer = nn.Linear(64, 96)
+    layer = _onednn(nn.Linear(64, 96))
     x = torch.randn(2, rows, 64)
     with torch.no_grad():
-        ours = modeling._linear(layer, x)
+        ours = layer(x)
         reference = F.linear(x, layer.weight, layer.bias)
     assert ours.shape == reference.shape
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
@@ -44,23 +49,24 @@ def test_fp32_linear_matches_f_linear(rows):
 @onednn
 def test_bf16_packed_weight_follows_weight_changes():
     torch.manual_seed(0)
-    layer = nn.Linear(64, 96).to(torch.bfloat16)
+    layer = _onednn(nn.Linear(64, 96).to(torch.bfloat16))
     x = torch.randn(1, 64, dtype=torch.bfloat16)
     with torch.no_grad():
-        first = modeling._linear(layer, x)
+        first = layer(x)
         torch.testing.assert_close(first.float(), F.linear(x, layer.weight, layer.bias).float(), rtol=2e-2, atol=2e-2)
         layer.weight.mul_(-1)  # in place (as load_state_dict / an optimizer step): the packed copy must be rebuilt
-        second = modeling._linear(layer, x)
+        second = layer(x)
         torch.testing.assert_close(second.float(), F.linear(x, layer.weight, layer.bias).float(), rtol=2e-2,
                                    atol=2e-2)
         layer.weight = nn.Parameter(torch.randn(96, 64, dtype=torch.bfloat16))  # replaced: rebuilt too
-        third = modeling._linear(layer, x)
+        third = layer(x)
         torch.testing.assert_close(third.float(), F.linear(x, layer.weight, layer.bias).float(), rtol=2e-2,
                                    atol=2e-2)
 
 
 def test_gradients_still_flow_through_the_plain_path():
     model = _tiny().train()
+    kernels.apply_cpu_kernels(model)
     ids = torch.randint(3, 50, (2, 8))
     loss = model(ids, labels=ids).loss
     loss.backward()
@@ -70,17 +76,25 @@ def test_gradients_still_flow_through_the_plain_path():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_leaves_state_dict_save_and_deepcopy_alone(tmp_path, dtype):
     model = _tiny(dtype=dtype)
+    kernels.apply_cpu_kernels(model)
     keys = list(model.state_dict())
     model.generate(torch.randint(3, 50, (1, 5)), max_new_tokens=3)
     assert list(model.state_dict()) == keys
     copy.deepcopy(model)
     model.save_pretrained(tmp_path)
-    loaded = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    loaded = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels=True)
     assert list(loaded.state_dict()) == keys
+    swapped = {type(m) for m in loaded.biogpt.layers.modules() if isinstance(m, nn.Linear)}
+    assert swapped == ({kernels.OneDnnLinear} if kernels.onednn_available() else {nn.Linear})
+    plain = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels=False)
+    assert {type(m) for m in plain.biogpt.layers.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
+    kernels.remove_cpu_kernels(loaded)
+    assert {type(m) for m in loaded.biogpt.layers.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
 
 
 def test_no_grad_logits_equal_grad_enabled_logits():
     model = _tiny()
+    kernels.apply_cpu_kernels(model)
     ids = torch.randint(3, 50, (2, 9))
     with_grad = model(ids).logits  # weights require grad here: ATen's path
     with torch.no_grad():

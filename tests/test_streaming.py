@@ -13,7 +13,8 @@ import torch
 
 import biogpt
 from biogpt.errors import GenerationParameterError
-from biogpt.generation import (StreamDelta, _stable_prefix_end, continuation_text, generate, stream_generate)
+from biogpt.generation import StreamDelta, continuation_text, generate, stream_generate
+from biogpt.generation.streaming import _stable_prefix_end
 
 WORDS = ["Ibuprofen", "is", "best", "used", "for", "the", "treatment", "of", "COVID-19", "anti-inflammatory",
          "patients", "(", ")", ".", ",", ";", ":", "\"", "'", "'s", "n't", "-", "--", "%", "5", "3.5", "IL-6", "p53",
@@ -107,17 +108,17 @@ def _count_forwards(model, monkeypatch) -> list[int]:
 
 
 def _track_caches(monkeypatch) -> list:
-    from biogpt import generation
+    from biogpt.cache import KVCache
 
     refs = []
-    original = generation.KVCache.for_model
+    original = KVCache.for_model
 
     def tracked(cls, m, batch, capacity):
         cache = original(m, batch, capacity)
         refs.append(weakref.ref(cache))
         return cache
 
-    monkeypatch.setattr(generation.KVCache, "for_model", classmethod(tracked))
+    monkeypatch.setattr(KVCache, "for_model", classmethod(tracked))
     return refs
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from biogpt import BioGptError, ConfigError, GenerationParameterError
+from biogpt import BioGptError, GenerationParameterError
 from biogpt.generation import GenerationConfig
-from biogpt.validation import (ALLOWED_PARAMETERS, InputError, Limits, check_beam_memory, check_generation_params,
-                               check_number, clean_text, is_clean)
+from biogpt.settings import Settings
+from biogpt.validation import (GENERATION_PARAMETERS, InputError, check_beam_memory, check_generation_params,
+                               check_value, clean_text, generation_params, is_clean, parameters)
 
-LIMITS = Limits(max_input_chars=100, max_new_tokens=64, max_beams=8, max_beam_tokens=1_000)
+LIMITS = Settings(max_input_chars=100, max_new_tokens=64, max_beams=8, max_beam_tokens=1_000)
+ALLOWED = sorted([*GENERATION_PARAMETERS, "do_sample", "early_stopping", "truncate"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,15 +52,6 @@ def test_a_megabyte_is_refused_by_its_length_before_any_scan() -> None:
         clean_text("\ud800" * 2**20, what="text", max_chars=20_000)
 
 
-def test_limits_from_the_environment() -> None:
-    assert Limits.from_env({}) == Limits()
-    limits = Limits.from_env({"BIOGPT_MAX_INPUT_CHARS": "50", "BIOGPT_MAX_NEW_TOKENS": "32",
-                              "BIOGPT_MAX_BEAMS": "4", "BIOGPT_MAX_BEAM_TOKENS": "2048"})
-    assert limits == Limits(50, 32, 4, 2048)
-    with pytest.raises(ConfigError, match=r"^BIOGPT_MAX_NEW_TOKENS='-5' must be a whole number >= 1\.$"):
-        Limits.from_env({"BIOGPT_MAX_NEW_TOKENS": "-5"})
-
-
 def test_the_input_cap_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIOGPT_MAX_INPUT_CHARS", "10")
     with pytest.raises(InputError, match="is 11 characters long; the limit is 10"):
@@ -82,28 +75,28 @@ def test_good_parameters_are_normalised() -> None:
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"temperature": -0.5}, "temperature must be in (0, 100]; got -0.5."),
-    ({"temperature": 0}, "temperature must be in (0, 100]; got 0."),
-    ({"temperature": "hot"}, "temperature must be a number; got str 'hot'."),
-    ({"temperature": "0.5"}, "temperature must be a number; got str '0.5'."),
-    ({"temperature": None}, "temperature must be a number; got NoneType None."),
-    ({"temperature": float("nan")}, "temperature must be a finite number; got nan."),
-    ({"top_p": 1.5}, "top_p must be in (0, 1]; got 1.5."),
-    ({"top_p": float("inf")}, "top_p must be a finite number; got inf."),
-    ({"top_k": 2.5}, "top_k must be a whole number; got 2.5."),
-    ({"top_k": True}, "top_k must be a whole number; got bool True."),
-    ({"max_new_tokens": 65}, "max_new_tokens must be in [1, 64]; got 65."),
-    ({"max_new_tokens": 0}, "max_new_tokens must be in [1, 64]; got 0."),
-    ({"max_new_tokens": 10**400}, f"max_new_tokens must be in [1, 64]; got {10**400:,}"[:78] + "…."),
-    ({"num_beams": 9}, "num_beams must be in [1, 8]; got 9."),
-    ({"seed": -1}, "seed must be in [0, 9,223,372,036,854,775,807]; got -1."),
+    ({"temperature": -0.5}, "Temperature must be between 0.05 and 2, got -0.5."),
+    ({"temperature": 0}, "Temperature must be between 0.05 and 2, got 0."),
+    ({"temperature": "hot"}, "Temperature must be a number; got str 'hot'."),
+    ({"temperature": "0.5"}, "Temperature must be a number; got str '0.5'."),
+    ({"temperature": None}, "Temperature is missing."),
+    ({"temperature": float("nan")}, "Temperature must be a finite number; got nan."),
+    ({"top_p": 1.5}, "Top-p must be between 0.05 and 1, got 1.5."),
+    ({"top_p": float("inf")}, "Top-p must be a finite number; got inf."),
+    ({"top_k": 2.5}, "Top-k must be a whole number; got 2.5."),
+    ({"top_k": True}, "Top-k must be a whole number; got bool True."),
+    ({"max_new_tokens": 65}, "Max new tokens must be between 1 and 64, got 65."),
+    ({"max_new_tokens": 0}, "Max new tokens must be between 1 and 64, got 0."),
+    ({"max_new_tokens": 10**400}, "Max new tokens must be between 1 and 64, got a huge number."),
+    ({"num_beams": 9}, "Beams must be between 1 and 8, got 9."),
+    ({"seed": -2}, "Seed must be between -1 and 2.14748e+09, got -2."),
     ({"do_sample": "yes"}, "do_sample must be true or false; got str 'yes'."),
     ({"early_stopping": 1}, "early_stopping must be true, false or 'never'; got 1."),
     ({"min_new_tokens": 10, "max_new_tokens": 5}, "min_new_tokens (10) must not exceed max_new_tokens (5)."),
     ({"num_return_sequences": 2}, "num_return_sequences (2) must not exceed num_beams (1) unless sampling with a "
                                   "single beam."),
     ({"temprature": 0.5, "x": 1}, "Unknown generation parameter(s): temprature, x. Allowed: "
-                                  + ", ".join(sorted(ALLOWED_PARAMETERS)) + "."),
+                                  + ", ".join(ALLOWED) + "."),
 ])
 def test_bad_parameters_name_the_parameter(params: dict, message: str) -> None:
     with pytest.raises(GenerationParameterError) as excinfo:
@@ -141,7 +134,21 @@ def test_accepted_parameters_are_accepted_by_the_library() -> None:
     config.validate()
 
 
-def test_check_number_with_another_error_type() -> None:
-    with pytest.raises(InputError, match=r"^Score threshold must be in \[0, 1\]; got 1\.5\.$"):
-        check_number("Score threshold", 1.5, 0.0, 1.0, error=InputError)
-    assert check_number("Score threshold", 1, 0.0, 1.0, error=InputError) == 1.0
+def test_check_value_with_another_error_type() -> None:
+    with pytest.raises(InputError, match=r"^Score threshold must be between 0 and 1, got 1\.5\.$"):
+        check_value("Score threshold", 1.5, 0.0, 1.0, error=InputError)
+    assert check_value("Score threshold", 1, 0.0, 1.0, error=InputError) == 1.0
+
+
+def test_the_controls_and_the_checks_share_one_table() -> None:
+    """The app's sliders are built from `parameters(settings)`; the deployment's caps move both together."""
+    table = parameters(Settings(max_new_tokens=100, max_beams=3))
+    assert (table["max_new_tokens"].high, table["num_beams"].high) == (100, 3)
+    assert table["temperature"].label == "Temperature" and table["top_p"].title == "Top-p"
+    with pytest.raises(GenerationParameterError, match=r"^Beams must be between 1 and 3, got 4\.$"):
+        generation_params("beam", {"max_new_tokens": 10, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                                   "num_beams": 4}, Settings(max_beams=3))
+    sampled = generation_params("sampling", {"max_new_tokens": 10, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                                             "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": -1})
+    assert sampled == {"max_new_tokens": 10, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "do_sample": True,
+                       "num_beams": 1, "truncate": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": None}

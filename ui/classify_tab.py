@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .handlers import Workbench, zero_shot_presets
+from biogpt.tasks.classify import HOC_LABELS, HOC_TEMPLATE, PUBMEDQA_LABELS, PUBMEDQA_TEMPLATE
+
+from .handlers import Workbench
 from .model_panel import ModelPanel
+
+# Ready-made zero-shot tasks: name -> (comma-separated labels, prompt template).
+PRESETS = {"PubMedQA (yes / no / maybe)": (", ".join(PUBMEDQA_LABELS), PUBMEDQA_TEMPLATE),
+           "Hallmarks of Cancer": (", ".join(HOC_LABELS), HOC_TEMPLATE)}
 
 
 def build_classify_tab(bench: Workbench, panel: ModelPanel, examples: list[str]) -> None:
-    presets = zero_shot_presets()
+    presets = PRESETS
     first = next(iter(presets))
     with gr.Row():
         with gr.Column(scale=3):
-            text = gr.Textbox(label="Text", lines=6, elem_id="cls-text", max_length=bench.settings.max_text_chars,
+            text = gr.Textbox(label="Text", lines=6, elem_id="cls-text", max_length=bench.settings.max_input_chars,
                               placeholder="An abstract, a sentence, or 'Question: ... Context: ...' for PubMedQA.")
             run = gr.Button("Classify", variant="primary", elem_id="cls-run")
             gr.Examples(examples, inputs=text, label="Example texts")

@@ -2,8 +2,8 @@
 
 `gr.Slider.preprocess` compares the payload with its bounds, so a string ("hot" for the temperature, sent through
 `gradio_client` or the HTTP API) raises a TypeError there, which Gradio reports as a bare "The upstream Gradio app
-has raised an exception". These subclasses check the payload first with `ui.handlers.check_range` (type, finite,
-whole when the component is, in range) and raise `gr.Error` naming the parameter; Gradio 6 re-raises a `gr.Error`
+has raised an exception". These subclasses check the payload first with `biogpt.validation.check_value` (type,
+finite, whole when the component is, in range) and raise `gr.Error` naming the parameter; Gradio 6 re-raises a `gr.Error`
 from `preprocess` unchanged (`Blocks.preprocess_data`: `except Error: raise`) and sends its message to the client.
 
 `is_template = True` makes Gradio render them with the built-in Slider/Number front end (`Block.get_block_name`
@@ -19,7 +19,9 @@ from typing import Any
 
 import gradio as gr
 
-from .handlers import check_range
+from biogpt.validation import Parameter, check_value
+
+from .errors import shown_to_user
 
 
 def _name(component: gr.components.Component) -> str:
@@ -37,7 +39,8 @@ class CheckedSlider(gr.Slider):
 
     def preprocess(self, payload: Any) -> float:
         integer = _is_whole(self.minimum, self.step) and self.step is not None and self.step >= 1
-        value = check_range(_name(self), payload, self.minimum, self.maximum, integer)
+        with shown_to_user():
+            value = check_value(_name(self), payload, self.minimum, self.maximum, integer)
         return super().preprocess(value)
 
 
@@ -54,5 +57,12 @@ class CheckedNumber(gr.Number):
             return None
         low = float("-inf") if self.minimum is None else self.minimum
         high = float("inf") if self.maximum is None else self.maximum
-        value = check_range(_name(self), payload, low, high, self.precision == 0)
+        with shown_to_user():
+            value = check_value(_name(self), payload, low, high, self.precision == 0)
         return super().preprocess(value)
+
+
+def parameter_slider(parameter: Parameter, **kwargs: Any) -> CheckedSlider:
+    """The slider of a `biogpt.validation.GENERATION_PARAMETERS` entry: its label, range, step and default."""
+    return CheckedSlider(parameter.low, parameter.high, value=parameter.default, step=parameter.step,
+                         label=parameter.label, info=parameter.info or None, **kwargs)

@@ -17,9 +17,9 @@ def build_entities_tab(bench: Workbench, panel: ModelPanel, examples: list[str])
     backends = bench.entity_backends(panel.state.value)
     with gr.Row():
         with gr.Column(scale=3):
-            text = gr.Textbox(label="Text", lines=7, elem_id="ent-text", max_length=bench.settings.max_text_chars,
+            text = gr.Textbox(label="Text", lines=7, elem_id="ent-text", max_length=bench.settings.max_input_chars,
                               placeholder="Paste a sentence or a whole abstract "
-                                          f"(up to {bench.settings.max_text_chars:,} characters).")
+                                          f"(up to {bench.settings.max_input_chars:,} characters).")
             run = gr.Button("Find entities", variant="primary", elem_id="ent-run")
             gr.Examples(examples, inputs=text, label="Example texts")
         with gr.Column(scale=2, min_width=280):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .components import CheckedNumber, CheckedSlider
-from .handlers import MODES, Workbench
+from biogpt.validation import DECODING_MODES, parameters
+
+from .components import CheckedNumber, parameter_slider
+from .handlers import Workbench
 from .model_panel import ModelPanel
 
 MODE_HELP = {
@@ -16,7 +18,8 @@ MODE_HELP = {
 
 
 def build_generate_tab(bench: Workbench, panel: ModelPanel, examples: list[str]) -> None:
-    cap = bench.settings.max_new_tokens
+    table = parameters(bench.settings)
+    seed_range = table["seed"]
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="e.g. COVID-19 is", elem_id="gen-prompt",
@@ -29,16 +32,17 @@ def build_generate_tab(bench: Workbench, panel: ModelPanel, examples: list[str])
             confidence = gr.HTML(visible=False, elem_id="gen-confidence")
             stats = gr.Markdown(elem_classes="wb-stats", elem_id="gen-stats")
         with gr.Column(scale=2, min_width=280):
-            mode = gr.Radio(list(MODES), value="greedy", label="Decoding", info=MODE_HELP["greedy"])
-            max_new_tokens = CheckedSlider(1, cap, value=min(64, cap), step=1, label="Max new tokens")
+            mode = gr.Radio(list(DECODING_MODES), value="greedy", label="Decoding", info=MODE_HELP["greedy"])
+            max_new_tokens = parameter_slider(table["max_new_tokens"])
             with gr.Group(visible=False) as sampling:
-                temperature = CheckedSlider(0.05, 2.0, value=0.8, step=0.05, label="Temperature")
-                top_p = CheckedSlider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (nucleus)")
-                top_k = CheckedSlider(0, 500, value=50, step=1, label="Top-k", info="0 = no top-k filter")
-                seed = CheckedNumber(value=-1, precision=0, label="Seed", info="-1 = a new random seed each run")
-            num_beams = CheckedSlider(1, 8, value=4, step=1, label="Beams", visible=False)
-            repetition_penalty = CheckedSlider(1.0, 3.0, value=1.0, step=0.05, label="Repetition penalty")
-            no_repeat = CheckedSlider(0, 10, value=0, step=1, label="No-repeat n-gram size", info="0 = off")
+                temperature = parameter_slider(table["temperature"])
+                top_p = parameter_slider(table["top_p"])
+                top_k = parameter_slider(table["top_k"])
+                seed = CheckedNumber(value=seed_range.default, precision=0, label=seed_range.label,
+                                     info=seed_range.info, minimum=seed_range.low, maximum=seed_range.high)
+            num_beams = parameter_slider(table["num_beams"], visible=False)
+            repetition_penalty = parameter_slider(table["repetition_penalty"])
+            no_repeat = parameter_slider(table["no_repeat_ngram_size"])
             show_confidence = gr.Checkbox(value=False, label="Colour tokens by confidence")
 
     def show_mode(choice: str):

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 import gradio as gr
 
 from biogpt.catalog import CATALOG
-from biogpt.manager import (attention_unavailable_reason, available_devices,
-                            quantization_unavailable_reason)
+from biogpt.devices import ATTENTION_BACKENDS, attention_unavailable_reason, available_devices
+from biogpt.quantization import quantization_unavailable_reason
 
-from .handlers import ATTENTION, DEMO_NOTICE, PRECISIONS, Workbench, is_demo
+from .handlers import Workbench, is_demo
+
+DEMO_NOTICE = ("**Demo models.** These are tiny demo models trained on generated sentences — not BioGPT; "
+               "outputs are illustrative only.")
+PRECISIONS = (("auto", "auto"), ("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))  # (label, value)
 
 
 @dataclass
@@ -44,7 +48,7 @@ def build_model_panel(bench: Workbench) -> ModelPanel:
                 info="A catalog entry, a Hugging Face Hub id (owner/name) or a local directory. "
                      f"Started with {bench.initial_reason}.",
             )
-            attention = gr.Dropdown(list(ATTENTION), value=initial["attn_implementation"], label="Attention",
+            attention = gr.Dropdown(list(ATTENTION_BACKENDS), value=initial["attn_implementation"], label="Attention",
                                     info=attention_info, scale=2)
             precision = gr.Radio(list(PRECISIONS), value=initial["dtype"], label="Precision", scale=2,
                                  info="auto: the checkpoint's dtype (fp32 on CPU).")
@@ -60,10 +64,23 @@ def build_model_panel(bench: Workbench) -> ModelPanel:
     return ModelPanel(gr.State(initial), source, attention, precision, four_bit, device, load, status, notice)
 
 
+def catalog_defaults(source: str) -> tuple[dict, dict]:
+    """The options a catalog entry recommends (e.g. 4-bit for BioGPT-Large where bitsandbytes runs): updates for
+    the 4-bit box and the precision radio; other sources keep what the user chose."""
+    entry = CATALOG.get(source)
+    if entry is None:
+        return gr.update(), gr.update()
+    four_bit = entry.defaults.get("quantization") == "4bit" and quantization_unavailable_reason("auto", 4) is None
+    return gr.update(value=four_bit), gr.update(value=entry.defaults.get("dtype", "auto"))
+
+
 def wire_model_panel(bench: Workbench, panel: ModelPanel) -> None:
     inputs = [panel.source, panel.attention, panel.precision, panel.four_bit, panel.device, panel.state]
     outputs = [panel.state, panel.status, panel.notice]
     panel.load.click(bench.load_model, inputs, outputs, api_name="load_model")
-    # Picking from the list or changing an option loads at once (typing a custom id waits for the button/Enter).
-    gr.on([panel.source.select, panel.attention.input, panel.precision.input, panel.four_bit.input,
-           panel.device.input], bench.load_model, inputs, outputs, api_visibility="private")
+    # Picking from the list applies the entry's recommended options, then loads; changing an option loads at once
+    # (typing a custom id waits for the button or Enter).
+    panel.source.select(catalog_defaults, panel.source, [panel.four_bit, panel.precision], queue=False,
+                        api_visibility="private").then(bench.load_model, inputs, outputs, api_visibility="private")
+    gr.on([panel.attention.input, panel.precision.input, panel.four_bit.input, panel.device.input],
+          bench.load_model, inputs, outputs, api_visibility="private")

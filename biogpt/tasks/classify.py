@@ -7,11 +7,13 @@ and scored by its log-likelihood under `BioGptForCausalLM`; the scores' softmax 
 
 from __future__ import annotations
 
+import string
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from .inputs import pad_token_id, right_pad
 
 # PubMedQA as BioGPT was prompted for it; the label (yes/no/maybe) follows the template.
 PUBMEDQA_TEMPLATE = "question: {question} context: {context} the answer to the question given the context is"
@@ -38,22 +40,6 @@ def _sorted(scores: Mapping[str, float], top_k: Optional[int]) -> dict[str, floa
     return dict(ranked if top_k is None else ranked[:top_k])
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists into (input_ids, attention_mask) on `device`."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(model: Any, tokenizer: Any) -> int:
-    pad = model.config.pad_token_id
-    return int(pad) if pad is not None else int(tokenizer.pad_token_id)
-
-
 @torch.inference_mode()
 def classify(model: Any, tokenizer: Any, text_or_texts: Union[str, Sequence[str]], top_k: Optional[int] = None,
              batch_size: int = 8) -> Union[dict[str, float], list[dict[str, float]]]:
@@ -76,7 +62,7 @@ def classify(model: Any, tokenizer: Any, text_or_texts: Union[str, Sequence[str]
     for first in range(0, len(texts), batch_size):
         rows = [tokenizer(text)["input_ids"][:config.max_position_embeddings]
                 for text in texts[first:first + batch_size]]
-        ids, mask = _pad(rows, _pad_id(model, tokenizer), model.device)
+        ids, mask = right_pad(rows, pad_token_id(model, tokenizer), model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float().cpu()
         probabilities = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
         for row in probabilities.tolist():
@@ -121,7 +107,7 @@ def label_log_likelihoods(model: Any, tokenizer: Any, prompt: str, labels: Seque
     scores: dict[str, float] = {}
     for first in range(0, len(labels), batch_size):
         chunk = encoded[first:first + batch_size]
-        ids, mask = _pad([row for row, _ in chunk], _pad_id(model, tokenizer), model.device)
+        ids, mask = right_pad([row for row, _ in chunk], pad_token_id(model, tokenizer), model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         # Token t is predicted by the logits at t - 1.
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0].cpu()
@@ -153,3 +139,23 @@ def zero_shot(model: Any, tokenizer: Any, text: Union[str, Mapping[str, str]], l
     scores = label_log_likelihoods(model, tokenizer, prompt.strip(), labels, normalize, batch_size)
     probabilities = torch.softmax(torch.tensor(list(scores.values()), dtype=torch.float64), dim=0).tolist()
     return _sorted(dict(zip(scores, probabilities)), None)
+
+
+def template_fields(template: str, text: str) -> dict[str, str]:
+    """The values of a zero-shot template's fields for one input: `{text}` is the text; `{question}` and
+    `{context}` are split from a text written 'Question: … Context: …'. Raises `InputError` saying what is wrong."""
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    unknown = names - {"text", "question", "context"}
+    if unknown or not names:
+        raise InputError("The prompt template must use {text}, or {question} and {context}"
+                         + (f"; it has {{{sorted(unknown)[0]}}}." if unknown else "."))
+    if names <= {"text"}:
+        return {"text": text.strip()}
+    lowered = text.lower()
+    if "context:" not in lowered:
+        raise InputError("This template needs a question and a context: write 'Question: … Context: …'.")
+    cut = lowered.index("context:")
+    question = text[:cut].strip()
+    if question.lower().startswith("question:"):
+        question = question[len("question:"):].strip()
+    return {"question": question, "context": text[cut + len("context:"):].strip(), "text": text.strip()}

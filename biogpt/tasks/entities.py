@@ -16,6 +16,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 import torch
 
 from ..errors import ConfigError
+from .inputs import encode_with_offsets, pad_token_id, right_pad
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
 STRATEGIES: tuple[str, ...] = ("none", "simple", "first", "average", "max")
@@ -230,12 +231,6 @@ def split_sentences(text: str, sentencizer: Optional[str] = None) -> list[tuple[
     return spans
 
 
-def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids (with the leading `</s>`) and per-id character spans of one text."""
-    encoded = tokenizer(text, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
-
-
 def _count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text)["input_ids"])
 
@@ -251,7 +246,7 @@ def _split_long_sentence(tokenizer: Any, text: str, start: int, end: int, limit:
     Cut points are token boundaries of the sentence's own tokenization; a chunk whose re-tokenization comes out
     longer than planned (Moses/BPE can differ at a chunk's edges) is cut shorter.
     """
-    ids, offsets = _encode(tokenizer, text[start:end])
+    ids, offsets = encode_with_offsets(tokenizer, text[start:end])
     word_end = _word_end_flags(tokenizer, ids)
     # Token positions that can begin or end a chunk: those with a real span (escape continuations have none).
     real = [i for i in range(1, len(ids)) if offsets[i][1] > offsets[i][0]]
@@ -306,17 +301,6 @@ def plan_windows(tokenizer: Any, text: str, max_tokens: int, sentencizer: Option
     return windows
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists into (input_ids, attention_mask) tensors."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids, mask
-
-
 def window_tokens(tokenizer: Any, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]],
                   probabilities: torch.Tensor, shift: int) -> list[TokenScores]:
     """TokenScores for one window's tokens (the leading `</s>` skipped), offsets shifted by `shift`.
@@ -348,12 +332,12 @@ def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy
         return []
     config = model.config
     windows = plan_windows(tokenizer, text, config.max_position_embeddings, sentencizer)
-    pad_id = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
+    pad_id = pad_token_id(model, tokenizer)
     entities: list[dict[str, Any]] = []
     for first in range(0, len(windows), batch_size):
         batch = windows[first:first + batch_size]
-        encoded = [_encode(tokenizer, text[start:end]) for start, end in batch]
-        ids, mask = _pad([ids for ids, _ in encoded], pad_id)
+        encoded = [encode_with_offsets(tokenizer, text[start:end]) for start, end in batch]
+        ids, mask = right_pad([ids for ids, _ in encoded], pad_id)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()
         for (start, _), (window_ids, offsets), probs in zip(batch, encoded, probabilities):
@@ -365,6 +349,15 @@ def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy
 # ----------------------------------------------------------------------------------------------------------------
 # spaCy backend
 # ----------------------------------------------------------------------------------------------------------------
+def spacy_pipelines() -> list[str]:
+    """Installed spaCy pipelines, which can serve as entity backends (an empty list when spaCy is absent)."""
+    try:
+        import spacy.util
+    except ImportError:
+        return []
+    return sorted(spacy.util.get_installed_models())
+
+
 class SpacyEntityBackend:
     """Entities from an installed spaCy pipeline with an `ner` component, in `extract_entities`' format.
 

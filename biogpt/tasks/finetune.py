@@ -30,12 +30,16 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..bpe import convert_fairseq_vocab
 from ..configuration import BioGptConfig
+from ..devices import parse_device, resolve_device
 from ..modeling import BioGptForSequenceClassification, BioGptForTokenClassification, BioGptPreTrainedModel
 from ..tokenization import BioGptTokenizer
+from .classify import classify
 from .data import (IGNORE_INDEX, ClassificationExample, Document, bio_label_list, read_classification_jsonl,
                    read_classification_tsv, read_conll, read_pubtator, token_bio_labels)
 from .entities import STRATEGIES, entities_to_spans, extract_entities, parse_label, plan_windows
+from .inputs import pad_token_id
 from .metrics import classification_scores, entity_scores, threshold_labels
 
 PathLike = Union[str, os.PathLike]
@@ -245,8 +249,6 @@ def load_tokenizer(source: PathLike) -> BioGptTokenizer:
     """A tokenizer directory (vocab.json + merges.txt), or a fairseq one (dict.txt + bpecodes) converted on the fly."""
     path = Path(source)
     if path.is_dir() and not (path / "vocab.json").is_file() and (path / "dict.txt").is_file():
-        from ..bpe import convert_fairseq_vocab
-
         with tempfile.TemporaryDirectory() as tmp:
             convert_fairseq_vocab(path / "dict.txt", path / "bpecodes", tmp)
             return BioGptTokenizer.from_pretrained(tmp)  # reads both files eagerly
@@ -317,12 +319,6 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _device(requested: Optional[str]) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def run_training(model: BioGptPreTrainedModel, tokenizer: BioGptTokenizer, features: list[dict[str, Any]],
                  evaluate: Callable[[BioGptPreTrainedModel], dict[str, Any]], metric: str, args: TrainingArguments,
                  loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
@@ -337,9 +333,9 @@ def run_training(model: BioGptPreTrainedModel, tokenizer: BioGptTokenizer, featu
 
     if not features:
         raise ValueError("No training examples.")
-    device = _device(args.device)
+    device = parse_device(args.device or resolve_device("auto"))
     model.to(device)
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+    pad_id = pad_token_id(model, tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)  # dropout masks
     batches_per_epoch = math.ceil(len(features) / args.batch_size)
@@ -440,8 +436,6 @@ def evaluate_classifier(model: BioGptPreTrainedModel, tokenizer: BioGptTokenizer
                         examples: Sequence[ClassificationExample], threshold: float = 0.5, batch_size: int = 16
                         ) -> dict[str, float]:
     """Accuracy and micro/macro-F1 of `classify`'s output: argmax, or every label with sigmoid >= threshold."""
-    from .classify import classify
-
     # Length-sorted batches pad less; results are put back in the original order.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
     probabilities = classify(model, tokenizer, [examples[i].text for i in order], batch_size=batch_size)

@@ -1,7 +1,7 @@
-"""Build the tiny demo checkpoints bundled in `assets/models/` (`python -m biogpt.demo build`).
+"""Build the tiny demo checkpoints bundled in `biogpt/demo_models/` (`python -m tools.demo build`).
 
 Three BioGPT-architecture models in the exact Hub layout, all trained on text generated from the hand-written
-fact table (`biogpt.demo.corpus`), so the app does something meaningful on a machine with no network:
+fact table (`tools.demo.corpus`), so the app does something meaningful on a machine with no network:
 
 - `demo-lm`: a causal LM (vocabulary learned here by `biogpt.bpe.learn_bpe`, then trained from scratch);
 - `demo-ner`: Chemical / Disease BIO tagger, initialised from the LM's embeddings and first blocks;
@@ -32,17 +32,17 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..bpe import learn_bpe
-from ..configuration import BioGptConfig
-from ..generation import GenerationConfig
-from ..modeling import (BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification,
+from biogpt.bpe import learn_bpe
+from biogpt.configuration import BioGptConfig
+from biogpt.generation import GenerationConfig
+from biogpt.modeling import (BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification,
                         BioGptPreTrainedModel)
-from ..tasks.classify import classify
-from ..tasks.data import ClassificationExample, bio_label_list
-from ..tasks.entities import entities_to_spans, extract_entities
-from ..tasks.finetune import TrainingArguments, evaluate_classifier, finetune_classifier, finetune_ner
-from ..tasks.metrics import entity_scores
-from ..tokenization import BioGptTokenizer
+from biogpt.tasks.classify import classify
+from biogpt.tasks.data import ClassificationExample, bio_label_list
+from biogpt.tasks.entities import entities_to_spans, extract_entities
+from biogpt.tasks.finetune import TrainingArguments, evaluate_classifier, finetune_classifier, finetune_ner
+from biogpt.tasks.metrics import entity_scores
+from biogpt.tokenization import BioGptTokenizer
 from . import corpus, facts
 
 LM_DIR, NER_DIR, CLASSIFY_DIR = "demo-lm", "demo-ner", "demo-classify"
@@ -340,7 +340,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 _WARNING = ("**This is a TINY DEMO MODEL, not BioGPT.** It was trained in a few minutes on a CPU, on "
             "template sentences generated from a small hand-written table of textbook pharmacology facts "
             f"({len(facts.DRUGS)} drugs, {len(facts.DISEASES)} diseases and adverse effects, {len(facts.GENES)} "
-            "genes; `biogpt/demo/facts.py`). It knows only what that table says, in the phrasings of those "
+            "genes; `tools/demo/facts.py`). It knows only what that table says, in the phrasings of those "
             "templates. It exists so that the BioGPT workbench runs offline and in CI. Do not use it for anything "
             "medical, and do not read its scores as BioGPT's.")
 
@@ -364,7 +364,7 @@ def _size_section(size: dict[str, Any]) -> str:
 def _rebuild_section(recipe: Recipe, seed: int) -> str:
     flag = " --quick" if recipe.name == "quick" else ""
     return ("## Reproducing\n\n"
-            f"Built by `python -m biogpt.demo build{flag}` (recipe `{recipe.name}`, seed {seed}); the build is "
+            f"Built by `python -m tools.demo build{flag}` (recipe `{recipe.name}`, seed {seed}); the build is "
             "deterministic, so it rewrites these files with the same numbers. `metrics.json` holds every number on "
             "this card and the training settings.\n")
 
@@ -377,7 +377,7 @@ def lm_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "## Training data\n\n"
             f"{train['passages']:,} generated passages ({train['tokens']:,} tokens): single sentences and short "
             "abstract-like paragraphs stating drug indications, adverse effects, drug classes, gene-disease "
-            "associations and pathogens, from `biogpt.demo.corpus.lm_sentences(split=\"train\")`. Each text is "
+            "associations and pathogens, from `tools.demo.corpus.lm_sentences(split=\"train\")`. Each text is "
             "`</s> text </s>`, so the model learned to stop after a statement. "
             f"{train['steps']:,} AdamW steps of batch {train['batch_size']} from random initialisation.\n\n"
             + _size_section(size)
@@ -391,8 +391,8 @@ def lm_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "Outside the table's drugs, diseases and sentence patterns the output is fluent-looking template text "
             "with no grounding.\n\n"
             "## Usage\n\n```python\nfrom biogpt import BioGptForCausalLM, BioGptTokenizer  # or from transformers\n\n"
-            "tokenizer = BioGptTokenizer.from_pretrained(\"assets/models/demo-lm\")\n"
-            "model = BioGptForCausalLM.from_pretrained(\"assets/models/demo-lm\")\n"
+            "tokenizer = BioGptTokenizer.from_pretrained(\"biogpt/demo_models/demo-lm\")\n"
+            "model = BioGptForCausalLM.from_pretrained(\"biogpt/demo_models/demo-lm\")\n"
             "ids = tokenizer(\"Ibuprofen is best used for\", return_tensors=\"pt\").input_ids\n"
             "print(tokenizer.decode(model.generate(ids, max_new_tokens=30)[0], skip_special_tokens=True))\n```\n\n"
             + _rebuild_section(recipe, seed))
@@ -417,7 +417,7 @@ def ner_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "and pathogens appear in the text but are not labelled, as in BC5CDR.\n\n"
             "## Training data\n\n"
             f"{train['examples']:,} generated sentences with exact character spans "
-            "(`biogpt.demo.corpus.ner_examples(split=\"train\")`), fine-tuned for "
+            "(`tools.demo.corpus.ner_examples(split=\"train\")`), fine-tuned for "
             f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} ({train['steps']} steps, batch {train['batch_size']}) with "
             "`biogpt.tasks.finetune.finetune_ner`, starting from demo-lm's embeddings and first "
             f"{metrics['size']['num_hidden_layers']} blocks. " + _AUGMENTATION + "\n\n"
@@ -436,7 +436,7 @@ def ner_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "scores on them.\n\n"
             "## Usage\n\n```python\nfrom biogpt import BioGptForTokenClassification, BioGptTokenizer\n"
             "from biogpt.tasks.entities import extract_entities\n\n"
-            "path = \"assets/models/demo-ner\"\n"
+            "path = \"biogpt/demo_models/demo-ner\"\n"
             "model = BioGptForTokenClassification.from_pretrained(path)\n"
             f"print(extract_entities(model, BioGptTokenizer.from_pretrained(path), {NER_SAMPLE!r}))\n```\n\n"
             + _rebuild_section(recipe, seed))
@@ -451,7 +451,7 @@ def classify_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "drug treating a disease, a drug's adverse effect, or a gene-disease association).\n\n"
             "## Training data\n\n"
             f"{train['examples']:,} generated sentences, balanced over the labels "
-            "(`biogpt.demo.corpus.classification_examples(split=\"train\")`), fine-tuned for "
+            "(`tools.demo.corpus.classification_examples(split=\"train\")`), fine-tuned for "
             f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} ({train['steps']} steps, batch {train['batch_size']}) with "
             "`biogpt.tasks.finetune.finetune_classifier`, starting from demo-lm's embeddings and first "
             f"{metrics['size']['num_hidden_layers']} blocks. " + _AUGMENTATION + "\n\n"
@@ -467,7 +467,7 @@ def classify_card(metrics: dict[str, Any], recipe: Recipe, seed: int) -> str:
             "Sentences about anything else (mechanisms, trials, questions) still get one of the three labels.\n\n"
             "## Usage\n\n```python\nfrom biogpt import BioGptForSequenceClassification, BioGptTokenizer\n"
             "from biogpt.tasks.classify import classify\n\n"
-            "path = \"assets/models/demo-classify\"\n"
+            "path = \"biogpt/demo_models/demo-classify\"\n"
             "model = BioGptForSequenceClassification.from_pretrained(path)\n"
             f"print(classify(model, BioGptTokenizer.from_pretrained(path), {CLASSIFY_SAMPLES[0]!r}))\n```\n\n"
             + _rebuild_section(recipe, seed))
@@ -480,7 +480,7 @@ def _log(message: str, started: float) -> None:
     print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
 
-def build(out_dir: str | Path = "assets/models", quick: bool = False, seed: int = 0) -> dict[str, Any]:
+def build(out_dir: str | Path = "biogpt/demo_models", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Build demo-lm, demo-ner and demo-classify under `out_dir`; return their metrics (plus wall and CPU time)."""
     recipe = QUICK if quick else FULL
     out = Path(out_dir)

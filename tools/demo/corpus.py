@@ -1,4 +1,4 @@
-"""Deterministic generators of demo training text built from the fact tables in `biogpt.demo.facts`.
+"""Deterministic generators of demo training text built from the fact tables in `tools.demo.facts`.
 
 Every passage is made by filling a template with entities that satisfy a true relation, so:
 - the facts a sentence states are known (and checked against `facts.all_facts()` by the tests);

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Optional, Union
 
+from .devices import cpu_safe_dtype, parse_device, parse_dtype
 from .errors import GenerationParameterError
 from .generation import GenerationConfig, StreamDelta, continuation_text, generate, stream_generate
+from .modeling import BioGptForCausalLM
+from .tokenization import BioGptTokenizer
 
 PIPELINE_DEFAULT_NEW_TOKENS = 256  # transformers' text-generation pipeline default, when nothing else sets a length
 
@@ -73,10 +76,6 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, torch_dtype: A
     `device` is a GPU index, 'cpu', 'cuda', 'cuda:N' or 'mps'; a device this machine lacks raises `DeviceError`
     before anything is loaded. float16 on the CPU is loaded as float32 (with a warning), as `from_pretrained` does.
     """
-    from .loading import parse_device
-    from .modeling import BioGptForCausalLM
-    from .tokenization import BioGptTokenizer
-
     if task not in SUPPORTED_TASKS:
         raise GenerationParameterError(f"Unsupported task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}.")
     if model is None:
@@ -92,8 +91,6 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, torch_dtype: A
         if target is not None:
             model = model.to(target)
         if torch_dtype is not None:
-            from .loading import cpu_safe_dtype, parse_dtype
-
             model = model.to(cpu_safe_dtype(parse_dtype(torch_dtype), model.device))
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         tokenizer_source = tokenizer if tokenizer is not None else source

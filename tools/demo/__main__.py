@@ -1,4 +1,4 @@
-"""`python -m biogpt.demo build [--quick] [--out DIR] [--seed N]`: (re)build the bundled demo models."""
+"""`python -m tools.demo build [--quick] [--out DIR] [--seed N]`: (re)build the bundled demo models."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m biogpt.demo", description=__doc__.split(":")[1].strip())
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split(":")[1].strip())
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="train demo-lm, demo-ner and demo-classify and write their cards")
-    build.add_argument("--out", default="assets/models", help="output directory (default: assets/models)")
+    build.add_argument("--out", default="biogpt/demo_models", help="output directory (default: biogpt/demo_models)")
     build.add_argument("--quick", action="store_true", help="tiny sizes and few steps (CI smoke test, < 1 minute)")
     build.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

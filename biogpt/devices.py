@@ -1,0 +1,146 @@
+"""Devices and dtypes: which ones exist on this machine, what "auto" means, and the rules that hold everywhere.
+
+Every part of the library (loading, the model manager, fine-tuning, the pipeline) asks these questions here, so
+the answers are the same wherever a device or a dtype is chosen:
+
+- `parse_device` turns "cpu", "cuda", "cuda:1", 0 or "mps" into a `torch.device` that exists here, or raises a
+  `DeviceError` that says why not; `resolve_device("auto")` picks CUDA, else MPS, else the CPU.
+- `parse_dtype` turns a name ("bf16", "torch.float16", "auto") into a `torch.dtype`; `resolve_dtype("auto",
+  device)` picks bfloat16 (or float16) on a GPU and float32 on the CPU.
+- `cpu_safe_dtype` applies the one rule about float16 on a CPU: it becomes float32, with a warning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Optional, Union
+
+import torch
+
+from .errors import ConfigError, DeviceError
+
+# Every dtype name the library accepts, with the aliases users write.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+    "float": torch.float32,
+}
+# What a model can be computed in (the choices a UI offers, "auto" first).
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
+
+DeviceLike = Union[str, int, torch.device]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> "bfloat16", the spelling of config.json files."""
+    return str(dtype).replace("torch.", "")
+
+
+def parse_dtype(value: Union[str, torch.dtype, None]) -> Union[torch.dtype, str, None]:
+    """A torch.dtype from its name ('float16', 'bf16', 'torch.float16'); 'auto' and None pass through."""
+    if value is None or isinstance(value, torch.dtype) or value == "auto":
+        return value
+    name = str(value).replace("torch.", "")
+    if name not in DTYPES:
+        raise ConfigError(f"torch_dtype must be 'auto', a torch dtype or one of {', '.join(DTYPES)}; got {value!r}.")
+    return DTYPES[name]
+
+
+def parse_device(value: DeviceLike) -> torch.device:
+    """A torch.device that exists on this machine, or a `DeviceError` that says why not."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        value = f"cuda:{int(value)}"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{value!r} is not a device: use 'cpu', 'cuda', 'cuda:N', 'mps' or a GPU index.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"CUDA was requested ({value!r}) but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False). Use device='cpu' (or device_map='auto', which picks the CPU)."
+            )
+        index = device.index if device.index is not None else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"{value!r} was requested but this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not _mps_available():
+        raise DeviceError(f"{value!r} was requested but the Apple MPS backend is not available on this machine.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"Unsupported device {value!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    return device
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def resolve_device(device: DeviceLike = "auto") -> str:
+    """'auto' -> 'cuda:0' if CUDA is available, else 'mps' if available, else 'cpu'; others are validated."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda:0"
+        return "mps" if _mps_available() else "cpu"
+    return str(parse_device(device))
+
+
+def cpu_safe_dtype(dtype: torch.dtype, device: Union[str, torch.device]) -> torch.dtype:
+    """float16 on a CPU is slow or unsupported for matmuls: it becomes float32, with a warning."""
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        warnings.warn("float16 is slow or unsupported on the CPU: loading in float32 instead "
+                      "(use bfloat16 to halve the memory on the CPU).", stacklevel=3)
+        return torch.float32
+    return dtype
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype name a model on `device` computes in: 'auto' -> bfloat16 (float16 where a GPU lacks bf16) on a
+    GPU, float16 on MPS, float32 on the CPU; other names pass through `cpu_safe_dtype`."""
+    kind = torch.device(device).type
+    if dtype == "auto":
+        if kind == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float16" if kind == "mps" else "float32"
+    return dtype_name(cpu_safe_dtype(DTYPES[dtype], device))
+
+
+def available_devices() -> list[str]:
+    """The device choices to offer: "auto", "cpu", then "cuda:0", "cuda:1", ... and "mps" where present."""
+    devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def on_gpu(device: str) -> bool:
+    """True for CUDA and MPS devices (they have a memory of their own)."""
+    return torch.device(device).type in ("cuda", "mps")
+
+
+def default_concurrency() -> int:
+    """How many requests an app should run at once by default: 4 with a CUDA GPU, 2 on the CPU."""
+    return 4 if torch.cuda.is_available() else 2
+
+
+def attention_unavailable_reason(attn_implementation: str, device: DeviceLike = "auto",
+                                 dtype: Union[str, torch.dtype] = "auto") -> Optional[str]:
+    """Why `attn_implementation` cannot run on `device` in `dtype` ("auto" resolved as above), or None when it can.
+
+    eager and sdpa run everywhere; flash_attention_2 needs the flash_attn package, a CUDA GPU and fp16/bf16.
+    """
+    if attn_implementation not in ATTENTION_BACKENDS:
+        return f"unknown attention backend {attn_implementation!r} (choose one of {', '.join(ATTENTION_BACKENDS)})"
+    if attn_implementation != "flash_attention_2":
+        return None
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash_attention_2 needs the `flash_attn` package, which is not installed (pip install flash-attn)"
+    device = torch.device(resolve_device(device) if not isinstance(device, torch.device) else device)
+    if device.type != "cuda":
+        return f"flash_attention_2 needs a CUDA device; this model is on {device.type}"
+    if isinstance(dtype, str):
+        dtype = DTYPES[resolve_dtype(dtype, str(device))]
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash_attention_2 needs float16 or bfloat16 weights; this model is {dtype_name(dtype)}"
+    return None
