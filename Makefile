@@ -49,9 +49,10 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tools.demo build
 
-## Regenerate requirements.txt from pyproject.toml.
-requirements:
-	$(PYTHON) -m tools.requirements
+## Regenerate requirements.txt from pyproject.toml, and the README's configuration table from biogpt/settings.py.
+requirements: $(STAMP)
+	$(PY) -m tools.requirements
+	$(PY) -m tools.readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache
