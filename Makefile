@@ -7,16 +7,20 @@ STAMP  := $(VENV)/.installed
 # several GB), PyPI's default build where `nvidia-smi` exists. Override with TORCH_INDEX=<url>, or TORCH_INDEX= to
 # let pip pick (e.g. a machine whose pip already finds a CPU wheel locally).
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+FAIRSEQ := fairseq-fixed==0.12.3.1
 # What `make test-fast` leaves out: the real browser, the soak, training runs and the other slow tests.
 FAST := not browser and not soak and not training and not slow
 
 .PHONY: run test test-fast bench browser screenshots demo requirements clean
 
-$(STAMP): pyproject.toml requirements-dev.txt
+$(STAMP): pyproject.toml requirements-dev.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[app,quantization]" -r requirements-dev.txt
+	# fairseq, the reference of tests/test_fairseq.py: built against this torch (not a fresh one in an isolated
+	# build environment), its dependencies from requirements-dev.txt.
+	$(PY) -m pip install -q --no-deps --no-build-isolation $(FAIRSEQ)
 	touch $(STAMP)
 
 ## The app on http://127.0.0.1:7860 (microsoft/biogpt when reachable or cached, else the bundled demo models).

@@ -13,6 +13,7 @@ from typing import Any, Union
 from . import modeling
 from .configuration import BioGptConfig
 from .errors import CheckpointError
+from .fairseq import convert_into_cache, is_fairseq_checkpoint_dir
 from .hub import resolve_file
 from .tokenization import BioGptTokenizer
 
@@ -30,6 +31,8 @@ class AutoConfig:
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(source: Union[str, os.PathLike], **kwargs: Any) -> BioGptTokenizer:
+        if is_fairseq_checkpoint_dir(source):  # the vocabulary of the converted checkpoint, prompt tokens included
+            source = convert_into_cache(source)
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
         declared = resolve_file(source, "tokenizer_config.json", required=False, **hub)
         if declared is not None:

@@ -35,6 +35,14 @@ def _write_vocab(out_dir: Path, tokens: Iterable[str]) -> Path:
     return path
 
 
+def hf_spelling(symbol: str) -> str:
+    """A fairseq dictionary symbol as vocab.json spells it: `X@@` -> `X`, any other `X` -> `X</w>`; the four
+    special tokens stay as they are."""
+    if symbol in SPECIAL_TOKENS:
+        return symbol
+    return symbol[: -len(CONTINUATION)] if symbol.endswith(CONTINUATION) else symbol + END_OF_WORD
+
+
 def convert_fairseq_vocab(dict_txt: str | os.PathLike, bpecodes: str | os.PathLike, out_dir: str | os.PathLike
                           ) -> tuple[Path, Path]:
     """Write `vocab.json` and `merges.txt` for the fairseq dictionary `dict_txt` and fastBPE codes `bpecodes`.
@@ -50,8 +58,7 @@ def convert_fairseq_vocab(dict_txt: str | os.PathLike, bpecodes: str | os.PathLi
             fields = line.rstrip("\n").split(" ")
             if len(fields) < 2 or not fields[0]:
                 raise ValueError(f"{dict_txt}:{number + 1}: expected 'token count', got {line!r}")
-            token = fields[0]
-            spelled = token[: -len(CONTINUATION)] if token.endswith(CONTINUATION) else token + END_OF_WORD
+            spelled = hf_spelling(fields[0])
             if spelled in vocab:
                 raise ValueError(f"{dict_txt}:{number + 1}: {spelled!r} is already in the vocabulary")
             # ids follow line numbers even though specials come first: fairseq reserves 0..3 for them

@@ -1,6 +1,10 @@
-"""The `biogpt` command: `biogpt run` streams continuations of prompts, `biogpt finetune` trains a task head.
+"""The `biogpt` command.
 
     echo "Ibuprofen is best used for" | python -m biogpt run --task text-generation --model microsoft/biogpt
+    python -m biogpt run --task relations|pubmedqa|hoc --model DIR ...     one text through a paper task model
+    python -m biogpt convert-fairseq SRC_DIR OUT_DIR [--vocab base|large]  a fine-tuned fairseq checkpoint -> Hub layout
+    python -m biogpt eval TASK --model DIR --data FILE [--limit N]         the paper's metric on a data set
+    python -m biogpt finetune ner|classify ...                             train a task head
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from typing import Optional, Sequence
 
 from .errors import BioGptError
 from .pipelines import pipeline
-from .tasks import finetune
+from .tasks import evaluate, finetune
+
+# Subcommands whose arguments their own module parses (main() hands them everything after the command's name).
+_DELEGATED = {"finetune": finetune.main, "eval": evaluate.main, "convert-fairseq": evaluate.convert_main}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biogpt", description="BioGPT from the command line.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,finetune}")
-    run = commands.add_parser("run", help="stream the continuation of each prompt (stdin lines or --prompt)")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{run,convert-fairseq,eval,finetune}")
+    run = commands.add_parser("run", help="stream the continuation of each prompt (stdin lines or --prompt); with "
+                                          "--task relations|pubmedqa|hoc, run a paper task model on one text")
     run.add_argument("--task", default="text-generation", choices=["text-generation"])
     run.add_argument("--model", required=True, help="Hub id (e.g. microsoft/biogpt) or local checkpoint directory")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or a GPU index (default: cpu)")
@@ -31,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=None)
     run.add_argument("--num-beams", type=int, default=None)
     run.add_argument("--seed", type=int, default=None)
-    # Listed for --help only: main() hands everything after `finetune` to the fine-tuning module unparsed.
+    # Listed for --help only: main() hands their arguments to their own modules unparsed.
+    commands.add_parser("convert-fairseq", help="convert a fine-tuned fairseq checkpoint to the Hugging Face layout",
+                        add_help=False)
+    commands.add_parser("eval", help="score a paper task model with the paper's metric", add_help=False)
     commands.add_parser("finetune", help="fine-tune a checkpoint (arguments: biogpt finetune --help)", add_help=False)
     return parser
 
@@ -52,14 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune(argv: list[str]) -> int:
-    return int(finetune.main(argv) or 0)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "finetune":
-        return _finetune(argv[1:])
+    if argv and argv[0] in _DELEGATED:
+        return int(_DELEGATED[argv[0]](argv[1:]) or 0)
+    if argv and argv[0] == "run" and evaluate.wants_task_run(argv[1:]):
+        return evaluate.run_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _run(args)

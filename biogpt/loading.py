@@ -25,6 +25,7 @@ from torch import nn
 from .configuration import BioGptConfig
 from .devices import cpu_safe_dtype, dtype_name, parse_device, parse_dtype
 from .errors import CheckpointError, DeviceError
+from .fairseq import convert_into_cache, is_fairseq_checkpoint_dir
 from .generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import ProgressCallback, list_files, resolve_file
 from .kernels import apply_cpu_kernels
@@ -177,14 +178,18 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
                ignore_mismatched_sizes: bool = False, trust_remote_code: bool = False,
                progress: Optional[ProgressCallback] = None, low_cpu_mem_usage: bool = True,
                use_safetensors: Optional[bool] = None, cpu_kernels: Optional[bool] = None,
-               **config_overrides: Any):
-    """Build `cls` from a checkpoint: Hub repo id, local directory or single weights file.
+               random_heads: bool = True, **config_overrides: Any):
+    """Build `cls` from a checkpoint: Hub repo id, local directory, single weights file, or a directory of one of
+    Microsoft's fine-tuned fairseq checkpoints (converted once into BIOGPT_FAIRSEQ_CACHE_DIR, see `fairseq.py`).
 
     torch_dtype: None → float32; 'auto' → the config's torch_dtype, else the checkpoint's; a dtype → that dtype.
     float16 on the CPU becomes float32 with a warning. device_map: None (CPU), 'auto' (accelerate places layers on
     the GPUs and spills to the CPU; on a machine without CUDA everything goes to the CPU), a device string/index,
     or a {module prefix: device} dict. `device=` is accepted as a shorthand for a single device.
     cpu_kernels: route a CPU model's linears through the kernels of `kernels.py` (None: BIOGPT_ONEDNN decides).
+    random_heads: a task head the checkpoint lacks starts from random values with a warning, as in transformers (the
+    start of fine-tuning); False refuses such a checkpoint with a `CheckpointError` (what an app serving outputs
+    wants: a random head's entities or labels are noise).
     """
     if model_args:
         raise TypeError(f"{cls.__name__}.from_pretrained takes the checkpoint as its only positional argument.")
@@ -192,6 +197,8 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
         raise CheckpointError("trust_remote_code=True is not supported: the biogpt library never runs code from a "
                               "checkpoint. BioGPT needs none.")
     hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    if is_fairseq_checkpoint_dir(source):
+        source = convert_into_cache(source)
     if config is None:
         config_source = Path(os.path.expanduser(str(source)))
         config_source = config_source.parent if config_source.is_file() else source
@@ -217,7 +224,7 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
         quantizer = make_quantizer(quantization_config, target_dtype)
         quantizer.prepare(model)
 
-    _fill(model, files, plan, target_dtype, quantizer, ignore_mismatched_sizes)
+    _fill(model, files, plan, target_dtype, quantizer, ignore_mismatched_sizes, random_heads, str(source))
     model.tie_weights()
     if quantizer is not None:
         quantizer.finalize(model)
@@ -264,8 +271,29 @@ def _map_key(name: str, model: nn.Module) -> str:
     return name
 
 
+# What a missing head means, per class: (the head, what its outputs would be, what to use instead).
+_MISSING_HEADS = {
+    "BioGptForTokenClassification": (
+        "token-classification (NER)", "entities",
+        "a checkpoint fine-tuned for NER, one you fine-tune (`python -m biogpt finetune ner --model {source} ...`), "
+        "or, for chemical-disease or drug relations, one of the paper's relation-extraction models (the app's "
+        "Relations mode)"),
+    "BioGptForSequenceClassification": (
+        "sequence-classification", "labels",
+        "a checkpoint fine-tuned for classification, one you fine-tune (`python -m biogpt finetune classify --model "
+        "{source} ...`), one of the paper's HoC / PubMedQA models, or zero-shot classification with the language "
+        "model"),
+}
+
+
+def _refuse_random_head(model: nn.Module, missing: list[str], source: str) -> CheckpointError:
+    head, outputs, instead = _MISSING_HEADS.get(type(model).__name__, ("output", "outputs", "a complete checkpoint"))
+    return CheckpointError(f"{source} has no trained {head} head ({', '.join(missing)} would start from random "
+                           f"values, so its {outputs} would be noise). Use {instead.format(source=source)}.")
+
+
 def _fill(model: nn.Module, files: _CheckpointFiles, plan: dict, dtype: torch.dtype, quantizer,
-          ignore_mismatched_sizes: bool) -> None:
+          ignore_mismatched_sizes: bool, random_heads: bool, source: str) -> None:
     expected = _expected_names(model)
     tied = set(getattr(model, "tied_weights", {}))
     loaded: set[str] = set()
@@ -290,6 +318,8 @@ def _fill(model: nn.Module, files: _CheckpointFiles, plan: dict, dtype: torch.dt
     if missing_base:
         raise CheckpointError(f"The checkpoint lacks {len(missing_base)} decoder weight(s), e.g. "
                               f"{', '.join(missing_base[:3])}: it is incomplete or not a BioGPT checkpoint.")
+    if missing and not random_heads:
+        raise _refuse_random_head(model, missing, source)
     if missing:
         warnings.warn(f"{', '.join(missing)} newly initialised (not in the checkpoint): fine-tune this "
                       f"{type(model).__name__} before relying on its outputs.")

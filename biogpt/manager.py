@@ -353,7 +353,7 @@ class ModelManager:
         model = MODEL_CLASSES[spec.task].from_pretrained(
             source, torch_dtype=spec.torch_dtype, device=spec.device, attn_implementation=spec.attn_implementation,
             quantization_config=quantization_config, cache_dir=self.cache_dir, progress=progress,
-            cpu_kernels=self.settings.onednn)
+            cpu_kernels=self.settings.onednn, random_heads=False)  # an app shows outputs: never a random head's
         tokenizer = BioGptTokenizer.from_pretrained(source, cache_dir=self.cache_dir)
         return model, tokenizer
 

@@ -1,7 +1,15 @@
-"""`pipeline("text-generation", model=...)`: text in, `[{"generated_text": ...}]` out, as in transformers.
+"""`pipeline(task, model=...)` as in transformers, for BioGPT's three heads.
 
-The continuation is decoded in context (see `generation.continuation_text`) and appended to the prompt, so
-"Ibuprofen is best used for" continues as "... used for the treatment", never "... used forthe treatment".
+- "text-generation": text in, `[{"generated_text": ...}]` out. The continuation is decoded in context (see
+  `generation.continuation_text`) and appended to the prompt, so "Ibuprofen is best used for" continues as
+  "... used for the treatment", never "... used forthe treatment".
+- "token-classification" (alias "ner"): entities with transformers' keys (`entity` or `entity_group`, `score`,
+  `word`, `start`, `end`) and `aggregation_strategy`; the offsets are exact character spans, which transformers'
+  slow BioGPT tokenizer cannot give.
+- "text-classification": `[{"label", "score"}]` with transformers' `top_k` and `function_to_apply`.
+
+The two classification pipelines refuse a checkpoint whose head would start from random values (see
+`loading.load_model(random_heads=False)`): its entities or labels would be noise.
 """
 
 from __future__ import annotations
@@ -9,11 +17,13 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Optional, Union
 
+from .auto import AutoTokenizer
 from .devices import cpu_safe_dtype, parse_device, parse_dtype
-from .errors import GenerationParameterError
+from .errors import ConfigError, GenerationParameterError
 from .generation import GenerationConfig, StreamDelta, continuation_text, generate, stream_generate
-from .modeling import BioGptForCausalLM
-from .tokenization import BioGptTokenizer
+from .modeling import BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification
+from .tasks.classify import classify
+from .tasks.entities import STRATEGIES, extract_entities
 
 PIPELINE_DEFAULT_NEW_TOKENS = 256  # transformers' text-generation pipeline default, when nothing else sets a length
 
@@ -66,26 +76,112 @@ class TextGenerationPipeline:
         return stream_generate(self.model, self.tokenizer, text, **self._generation_kwargs(kwargs))
 
 
-SUPPORTED_TASKS = {"text-generation": TextGenerationPipeline}
+class TokenClassificationPipeline:
+    """Callable that finds the entities of one text or a list of texts (transformers' output format)."""
+
+    task = "token-classification"
+
+    def __init__(self, model: Any, tokenizer: Any, aggregation_strategy: str = "none"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.aggregation_strategy = self._strategy(aggregation_strategy)
+
+    @staticmethod
+    def _strategy(value: Any) -> str:
+        name = getattr(value, "value", value)  # transformers' AggregationStrategy enum, or its name
+        name = str(name).lower()
+        if name not in STRATEGIES:
+            raise ConfigError(f"aggregation_strategy must be one of {', '.join(STRATEGIES)}; got {value!r}.")
+        return name
+
+    def __call__(self, inputs: Union[str, list[str]], aggregation_strategy: Any = None
+                 ) -> Union[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+        strategy = self._strategy(aggregation_strategy) if aggregation_strategy is not None \
+            else self.aggregation_strategy
+        if isinstance(inputs, str):
+            return self._one(inputs, strategy)
+        return [self._one(text, strategy) for text in _texts(inputs)]
+
+    def _one(self, text: str, strategy: str) -> list[dict[str, Any]]:
+        found = extract_entities(self.model, self.tokenizer, text, aggregation_strategy=strategy)
+        if strategy == "none":
+            return [{"entity": e["label"], "score": e["score"], "index": e["index"], "word": e["text"],
+                     "start": e["start"], "end": e["end"]} for e in found]
+        return [{"entity_group": e["label"], "score": e["score"], "word": e["text"], "start": e["start"],
+                 "end": e["end"]} for e in found]
+
+
+_TOP_ONE = object()  # transformers' default: the best label only
+
+
+class TextClassificationPipeline:
+    """Callable that labels one text or a list of texts (transformers' output format)."""
+
+    task = "text-classification"
+
+    def __init__(self, model: Any, tokenizer: Any, top_k: Any = _TOP_ONE, function_to_apply: Optional[str] = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.top_k = top_k
+        self.function_to_apply = function_to_apply
+
+    def __call__(self, inputs: Union[str, list[str]], top_k: Any = _TOP_ONE,
+                 function_to_apply: Optional[str] = None) -> Union[list[dict[str, Any]], list[Any]]:
+        """Default: the best label of each text; `top_k=k` the k best (None: all), each input's as a list."""
+        top_k = self.top_k if top_k is _TOP_ONE else top_k
+        if top_k is not _TOP_ONE and top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"top_k must be a positive integer or None; got {top_k!r}.")
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else _texts(inputs)
+        scores = classify(self.model, self.tokenizer, texts, function_to_apply=function_to_apply
+                          or self.function_to_apply)
+        rows = [[{"label": label, "score": score} for label, score in row.items()] for row in scores]
+        if top_k is _TOP_ONE:
+            return [row[0] for row in rows]
+        rows = [row if top_k is None else row[:top_k] for row in rows]
+        return rows[0] if single else rows
+
+
+def _texts(inputs: Any) -> list[str]:
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(t, str) for t in inputs):
+        raise GenerationParameterError("inputs must be a string or a list of strings.")
+    return list(inputs)
+
+
+# task -> (pipeline class, model class, whether a head missing from the checkpoint is refused)
+SUPPORTED_TASKS = {
+    "text-generation": (TextGenerationPipeline, BioGptForCausalLM),
+    "token-classification": (TokenClassificationPipeline, BioGptForTokenClassification),
+    "ner": (TokenClassificationPipeline, BioGptForTokenClassification),
+    "text-classification": (TextClassificationPipeline, BioGptForSequenceClassification),
+}
+_PIPELINE_ARGUMENTS = {TokenClassificationPipeline: ("aggregation_strategy",),
+                       TextClassificationPipeline: ("top_k", "function_to_apply")}
 
 
 def pipeline(task: str, model: Any = None, tokenizer: Any = None, torch_dtype: Any = None, device: Any = None,
-             device_map: Any = None, **model_kwargs: Any) -> TextGenerationPipeline:
+             device_map: Any = None, **kwargs: Any) -> Any:
     """Build a pipeline for `task` from a model (Hub id, local path or loaded model) and its tokenizer.
 
     `device` is a GPU index, 'cpu', 'cuda', 'cuda:N' or 'mps'; a device this machine lacks raises `DeviceError`
     before anything is loaded. float16 on the CPU is loaded as float32 (with a warning), as `from_pretrained` does.
+    The classification pipelines' own arguments (`aggregation_strategy`; `top_k`, `function_to_apply`) may be given
+    here or per call; everything else goes to `from_pretrained`.
     """
     if task not in SUPPORTED_TASKS:
         raise GenerationParameterError(f"Unsupported task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}.")
+    pipeline_class, model_class = SUPPORTED_TASKS[task]
     if model is None:
-        raise GenerationParameterError("pipeline() needs model=... (a Hub id such as 'microsoft/biogpt', a local "
-                                       "directory or a loaded BioGptForCausalLM).")
+        raise GenerationParameterError(f"pipeline() needs model=... (a Hub id such as 'microsoft/biogpt', a local "
+                                       f"directory or a loaded {model_class.__name__}).")
+    own = {name: kwargs.pop(name) for name in _PIPELINE_ARGUMENTS.get(pipeline_class, ()) if name in kwargs}
     target = parse_device(device) if device is not None else None
     if isinstance(model, (str, os.PathLike)):
         source = model
-        model = BioGptForCausalLM.from_pretrained(model, torch_dtype=torch_dtype, device=target,
-                                                  device_map=device_map, **model_kwargs)
+        if pipeline_class is not TextGenerationPipeline:
+            kwargs.setdefault("random_heads", False)
+        model = model_class.from_pretrained(model, torch_dtype=torch_dtype, device=target, device_map=device_map,
+                                            **kwargs)
     else:
         source = getattr(model, "name_or_path", None)
         if target is not None:
@@ -96,9 +192,10 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, torch_dtype: A
         tokenizer_source = tokenizer if tokenizer is not None else source
         if tokenizer_source is None:
             raise GenerationParameterError("This model was not loaded from a path: pass tokenizer=... as well.")
-        tokenizer = BioGptTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     model.eval()
-    return SUPPORTED_TASKS[task](model, tokenizer)
+    return pipeline_class(model, tokenizer, **own)
 
 
-__all__ = ["pipeline", "TextGenerationPipeline", "SUPPORTED_TASKS"]
+__all__ = ["pipeline", "SUPPORTED_TASKS", "TextClassificationPipeline", "TextGenerationPipeline",
+           "TokenClassificationPipeline"]

@@ -12,6 +12,7 @@ default reads (`default_doc`).
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -72,15 +73,38 @@ def parse_text(text: str, name: str) -> str:
     return text.strip()
 
 
+def parse_list(text: str, name: str) -> tuple[str, ...]:
+    """Comma- or whitespace-separated words, e.g. Hub ids or fnmatch patterns."""
+    return tuple(part for part in text.replace(",", " ").split() if part)
+
+
+def parse_auth(text: str, name: str) -> str:
+    """`user:password` pairs separated by commas, or the path of a file of `user:hash` lines (`biogpt.access`
+    reads it); checked for shape here, so a typo stops the start-up instead of locking everyone out."""
+    value = text.strip()
+    path = Path(os.path.expanduser(value))
+    if path.is_file():
+        return str(path)
+    if value.startswith(("/", "~", ".")):
+        raise ConfigError(f"{name} names the file {value!r}, which does not exist.")
+    for pair in value.split(","):
+        user, colon, password = pair.strip().partition(":")
+        if not user or not colon or not password:
+            raise ConfigError(f"{name}: each entry must be user:password (separated by commas), or the value the "
+                              "path of a file of user:hash lines.")
+    return value
+
+
 def parse_paths(text: str, name: str) -> tuple[Path, ...]:
     """os.pathsep-separated directories, `~` expanded and resolved."""
     return tuple(Path(os.path.expanduser(part.strip())).resolve() for part in text.split(os.pathsep) if part.strip())
 
 
 def _var(env: str, parse: Callable[[str, str], Any], default: Any, doc: str, *, flag: Optional[str] = None,
-         default_doc: Optional[str] = None) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc, "flag": flag,
-                                            "default_doc": default_doc})
+         default_doc: Optional[str] = None, secret: bool = False) -> Any:
+    # A secret (passwords) stays out of the dataclass's repr, hence out of logs and tracebacks.
+    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse, "doc": doc, "flag": flag,
+                                                             "default_doc": default_doc})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,6 +128,15 @@ class Settings:
         default_doc="`127.0.0.1` (`0.0.0.0` on Spaces)")
     port: int = _var("BIOGPT_PORT", parse_port, 7860, "port", flag="--port", default_doc="7860")
     share: bool = _var("BIOGPT_SHARE", parse_bool, False, "a public gradio.live link", flag="--share")
+    exposed: Optional[bool] = _var(
+        "BIOGPT_EXPOSED", parse_bool, None,
+        "treat the app as reachable by strangers (local paths off, catalog models only): `1` e.g. behind a reverse "
+        "proxy on this host, `0` to keep the open defaults", default_doc="on when listening beyond loopback, "
+        "sharing or on Spaces")
+    auth: Optional[str] = _var(
+        "BIOGPT_AUTH", parse_auth, None,
+        "require a login: `user:password` pairs (comma-separated), or the path of a file of `user:scrypt$…` "
+        "lines (see Deployment)", default_doc="none", secret=True)
     preload: bool = _var("BIOGPT_PRELOAD", parse_bool, True, "load the default model right after start-up",
                          flag="--preload/--no-preload")
     concurrency: Optional[int] = _var(
@@ -114,6 +147,10 @@ class Settings:
     generate_concurrency: int = _var(
         "BIOGPT_GENERATE_CONCURRENCY", parse_count, 8,
         "generations merged into one batched forward per step by the batching engine")
+    client_running: int = _var("BIOGPT_CLIENT_RUNNING", parse_count, 1,
+                               "jobs one client (browser session, or IP address for the API) may have running")
+    client_queued: int = _var("BIOGPT_CLIENT_QUEUED", parse_count, 4,
+                              "jobs one client may have waiting; more get a \"you already have jobs\" message")
     # -- what one request may ask for -------------------------------------------------------------------------
     max_new_tokens: int = _var("BIOGPT_MAX_NEW_TOKENS", parse_count, 512, "new tokens one generation may ask for")
     max_prompt_chars: int = _var("BIOGPT_MAX_PROMPT_CHARS", parse_count, 4_000, "characters of a prompt")
@@ -123,6 +160,10 @@ class Settings:
     max_beam_tokens: int = _var(
         "BIOGPT_MAX_BEAM_TOKENS", parse_count, 8_192,
         "num_beams × (prompt + new tokens) of one beam search: the rows × positions of its key/value cache")
+    max_labels: int = _var("BIOGPT_MAX_LABELS", parse_count, 20, "labels of one zero-shot classification")
+    max_upload_bytes: Optional[int] = _var("BIOGPT_MAX_UPLOAD_BYTES", parse_bytes, 10 * 10**6,
+                                           "size of one uploaded file", default_doc="10 MB")
+    max_upload_rows: int = _var("BIOGPT_MAX_UPLOAD_ROWS", parse_count, 10_000, "rows (texts) of one uploaded file")
     # -- models -----------------------------------------------------------------------------------------------
     max_models: int = _var("BIOGPT_MAX_MODELS", parse_count, 2,
                            "models kept loaded (the least recently used is unloaded first)")
@@ -140,6 +181,28 @@ class Settings:
     local_roots: tuple[Path, ...] = _var("BIOGPT_LOCAL_ROOTS", parse_paths, (),
                                          "directories (os.pathsep-separated) local paths must lie in",
                                          default_doc="anywhere")
+    allowed_models: tuple[str, ...] = _var(
+        "BIOGPT_ALLOWED_MODELS", parse_list, (),
+        "Hub ids or fnmatch patterns (comma-separated) users may load besides the catalog; `*` = any",
+        default_doc="any; only the catalog, `demo` and `BIOGPT_MODEL` when exposed")
+    max_model_bytes: Optional[int] = _var(
+        "BIOGPT_MAX_MODEL_BYTES", parse_bytes, None,
+        "weights a Hub download may have (read from the Hub's metadata before a byte is fetched)",
+        default_doc="the larger memory budget, else this machine's RAM")
+    disk_budget: Optional[int] = _var(
+        "BIOGPT_DISK_BUDGET", parse_bytes, None,
+        "bytes the Hugging Face cache may hold, downloads in progress included",
+        default_doc="the free disk space")
+    fairseq_vocab_dir: Optional[Path] = _var(
+        "BIOGPT_FAIRSEQ_VOCAB_DIR", lambda text, name: Path(os.path.expanduser(text.strip())), None,
+        "the released vocabularies (`base/` and `large/`, each dict.txt + bpecodes) for converting fairseq "
+        "checkpoints that lack them", default_doc="downloaded once from the Hub's microsoft/biogpt and "
+        "microsoft/BioGPT-Large")
+    fairseq_cache_dir: Path = _var(
+        "BIOGPT_FAIRSEQ_CACHE_DIR", lambda text, name: Path(os.path.expanduser(text.strip())),
+        Path(os.path.expanduser("~/.cache/biogpt/fairseq")),
+        "where fairseq checkpoints loaded by path are converted to (once per checkpoint)",
+        default_doc="`~/.cache/biogpt/fairseq`")
     demo_dir: Optional[Path] = _var(
         "BIOGPT_DEMO_DIR", lambda text, name: Path(os.path.expanduser(text.strip())), None,
         "where the bundled demo checkpoints are (`demo-lm`, `demo-ner`, `demo-classify`)",
@@ -171,10 +234,41 @@ class Settings:
         else loopback."""
         return self.host or self.gradio_server_name or ("0.0.0.0" if self.on_spaces else "127.0.0.1")
 
+    def exposure(self) -> tuple[str, ...]:
+        """Why strangers may reach this app (empty when only this machine can): on Spaces, sharing, or listening
+        beyond loopback; BIOGPT_EXPOSED=1/0 overrides the guess. The one decision behind the exposure-aware
+        defaults (`local_paths_allowed`, `biogpt.access.allowed_models`)."""
+        if self.exposed is not None:
+            return ("BIOGPT_EXPOSED=1",) if self.exposed else ()
+        reasons = []
+        if self.on_spaces:
+            reasons.append("running on Hugging Face Spaces")
+        if self.share:
+            reasons.append("sharing a public gradio.live link")
+        if not is_loopback(self.listen_host):
+            reasons.append(f"listening on {self.listen_host}, not only on loopback")
+        return tuple(reasons)
+
+    @property
+    def is_exposed(self) -> bool:
+        return bool(self.exposure())
+
     @property
     def local_paths_allowed(self) -> bool:
-        """BIOGPT_ALLOW_LOCAL_PATHS when set; otherwise on, except on Spaces (visitors must not read its files)."""
-        return self.allow_local_paths if self.allow_local_paths is not None else not self.on_spaces
+        """BIOGPT_ALLOW_LOCAL_PATHS when set; otherwise on, except when exposed (visitors must not read its files)."""
+        return self.allow_local_paths if self.allow_local_paths is not None else not self.is_exposed
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); any other name or address (0.0.0.0, a LAN
+    address, a host name) may be reachable from other machines."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def zero_gpu() -> bool:

@@ -47,3 +47,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_temporary_folders(tmp_path_factory):
+    """Tests write only to temporary folders: point the library's own caches (fairseq conversions) at one."""
+    name = "BIOGPT_FAIRSEQ_CACHE_DIR"
+    previous = os.environ.get(name)
+    os.environ[name] = str(tmp_path_factory.mktemp("fairseq-conversions"))
+    yield
+    if previous is None:
+        del os.environ[name]
+    else:
+        os.environ[name] = previous

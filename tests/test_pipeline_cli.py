@@ -149,6 +149,6 @@ def test_cli_help_bad_flags_and_finetune(monkeypatch, capsys):
     seen = []
     fake = types.ModuleType("biogpt.tasks.finetune")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setattr(cli, "finetune", fake)
+    monkeypatch.setitem(cli._DELEGATED, "finetune", fake.main)
     assert cli.main(["finetune", "--task", "ner", "--epochs", "1"]) == 0
     assert seen == [["--task", "ner", "--epochs", "1"]]

@@ -40,14 +40,19 @@ def _sorted(scores: Mapping[str, float], top_k: Optional[int]) -> dict[str, floa
     return dict(ranked if top_k is None else ranked[:top_k])
 
 
+FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
 @torch.inference_mode()
 def classify(model: Any, tokenizer: Any, text_or_texts: Union[str, Sequence[str]], top_k: Optional[int] = None,
-             batch_size: int = 8) -> Union[dict[str, float], list[dict[str, float]]]:
+             batch_size: int = 8, function_to_apply: Optional[str] = None
+             ) -> Union[dict[str, float], list[dict[str, float]]]:
     """Label probabilities `{label: p}`, most probable first, for one text (a dict) or a list (a list of dicts).
 
-    Multi-label heads (`problem_type == "multi_label_classification"`) and single-output heads get an
-    independent sigmoid per label, as transformers' pipeline does; other heads a softmax over the labels.
-    Texts longer than `max_position_embeddings` tokens are truncated. `top_k` keeps the k best labels.
+    `function_to_apply` as in transformers' pipeline: None picks an independent sigmoid per label for multi-label
+    heads (`problem_type == "multi_label_classification"`) and single-output heads, a softmax over the labels for
+    the others; "softmax", "sigmoid" or "none" (the raw scores) force one. Texts longer than
+    `max_position_embeddings` tokens are truncated. `top_k` keeps the k best labels.
     """
     config = model.config
     if config.problem_type == "regression":
@@ -55,16 +60,22 @@ def classify(model: Any, tokenizer: Any, text_or_texts: Union[str, Sequence[str]
                           "(read its raw logits instead).")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}.")
+    if function_to_apply is not None and function_to_apply not in FUNCTIONS:
+        raise ConfigError(f"function_to_apply must be one of {', '.join(FUNCTIONS)} or None; got "
+                          f"{function_to_apply!r}.")
     single = isinstance(text_or_texts, str)
     texts = [text_or_texts] if single else list(text_or_texts)
-    sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
+    if function_to_apply is None:
+        multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
+        function_to_apply = "sigmoid" if multi else "softmax"
     results: list[dict[str, float]] = []
     for first in range(0, len(texts), batch_size):
         rows = [tokenizer(text)["input_ids"][:config.max_position_embeddings]
                 for text in texts[first:first + batch_size]]
         ids, mask = right_pad(rows, pad_token_id(model, tokenizer), model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float().cpu()
-        probabilities = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
+        probabilities = {"sigmoid": torch.sigmoid, "softmax": lambda x: torch.softmax(x, dim=-1),
+                         "none": lambda x: x}[function_to_apply](logits)
         for row in probabilities.tolist():
             results.append(_sorted({config.id2label[i]: p for i, p in enumerate(row)}, top_k))
     return results[0] if single else results
