@@ -43,11 +43,12 @@ browser:
 
 ## Refresh the README's screenshots in docs/screenshots (look at them before committing).
 screenshots: $(STAMP) browser
-	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_browser.py
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_browser.py tests/test_browser_explore.py
 
 ## Benchmarks against transformers on the same weights (never part of `make test`).
 bench: $(STAMP)
 	$(PY) -m bench.run $(ARGS)
+	$(PY) -m bench.annotate
 
 ## Rebuild the bundled demo models in biogpt/demo_models/.
 demo: $(STAMP)

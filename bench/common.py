@@ -101,7 +101,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> dict[str, float]:
+def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 10) -> dict[str, float]:
     """Streaming bandwidth measured with torch: a large sum (read only) and a copy (read + write)."""
     import torch
 
@@ -128,8 +128,8 @@ def machine() -> dict[str, Any]:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-                             if f" {f}" in flags]
+        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile",
+                                         "amx_bf16", "amx_int8") if f" {f}" in flags]
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     info["cores"] = os.cpu_count()

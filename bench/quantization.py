@@ -1,4 +1,5 @@
-"""Load time, memory footprint and decode speed of fp32 / bf16 / 4-bit (nf4) on a random checkpoint.
+"""Load time, memory footprint and decode speed of fp32 / bf16 / int8 / int4 (PyTorch weight-only, `TorchAoConfig`)
+and bitsandbytes 4-bit (nf4) on a random checkpoint.
 
     python -m bench.quantization            # microsoft/biogpt shape (347M parameters; minutes on a small CPU)
     python -m bench.quantization --tiny     # smoke test: same code paths, seconds
@@ -13,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-MODES = ("fp32", "bf16", "4bit")
+MODES = ("fp32", "bf16", "int8", "int4", "4bit")
 
 
 def measure(checkpoint: str, mode: str, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
@@ -25,10 +26,13 @@ def measure(checkpoint: str, mode: str, prompt_tokens: int, new_tokens: int) -> 
     from bench.common import peak_rss_bytes
     from biogpt import BioGptForCausalLM, BitsAndBytesConfig
     from biogpt.modeling import KVCache
+    from biogpt.quantization import cpu_quantization_config
 
     dtype = torch.float32 if mode == "fp32" else torch.bfloat16
     quantization = None
-    if mode == "4bit":
+    if mode in ("int8", "int4"):  # the app's presets (ModelSpec quantization="int8" / "int4")
+        quantization = cpu_quantization_config(mode)
+    elif mode == "4bit":
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                           bnb_4bit_use_double_quant=True)
     start = time.perf_counter()

@@ -1,10 +1,16 @@
-"""biogpt vs transformers on the same random weights, in the same process, runs alternated, medians of repeats.
+"""biogpt vs transformers (and biogpt.cpp) on the same random weights, in the same process, runs alternated,
+medians of repeats.
 
-    python -m bench.run                 # microsoft/biogpt shape (347M): CPU fp32, bf16, nf4 (+ GPU rows on CUDA)
+    python -m bench.run                 # microsoft/biogpt shape (347M): CPU fp32, bf16, int8, int4, nf4, the batching
+                                        # engine, biogpt.cpp at the same bits when built (+ GPU rows on CUDA)
     python -m bench.run --tiny          # seconds; what CI runs (tests/test_bench_smoke.py) - not a speed test
-    python -m bench.run --shape biogpt-large --rows fp32
+    python -m bench.run --rows fp32,bf16 --no-anchor
+    python -m bench.run --markdown bench/out/results-<date>.json   # a section for bench/RESULTS.md
 
-Writes bench/out/results-<date>.json (override with --out) and prints a table. See bench/RESULTS.md.
+Writes bench/out/results-<date>.json (override with --out) and prints the tables. See bench/RESULTS.md.
+int8 / int4 are ours only (`TorchAoConfig`, the app's presets: head quantized too, int4 in groups of 64):
+transformers needs torchao for them, so their transformers column is transformers' bf16. The anchor
+(biogpt.cpp, `bench/anchor.py`) runs at the same bits: f32, f16, q8_0, q4_0.
 """
 
 from __future__ import annotations
@@ -19,10 +25,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import anchor
 from .common import (OUT, SHAPES, build_checkpoint, count_parameters, machine, median, memory_bandwidth_gbs,
                      run_subprocess_json, timed, weight_bytes_per_token)
 
-ALL_ROWS = ("fp32", "bf16", "nf4", "concurrency", "gpu")
+ALL_ROWS = ("fp32", "bf16", "int8", "int4", "nf4", "concurrency", "anchor", "gpu")
+PRECISIONS = ("fp32", "bf16", "int8", "int4")  # the per-precision summary: ours vs transformers vs biogpt.cpp
+# Bits per weight of a matrix as each format stores it (scales and zeros included), for the bandwidth limit.
+BITS = {"fp32": 32, "bf16": 16, "int8": 8 + 16 / 1024, "int4": 4 + 32 / 64, "nf4": 4 + 32 / 64,
+        "f32": 32, "f16": 16, "q8_0": 8.5, "q4_0": 4.5}
+QUANTIZED = ("int8", "int4")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -31,23 +43,33 @@ ALL_ROWS = ("fp32", "bf16", "nf4", "concurrency", "gpu")
 def _dtype(name: str):
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "nf4": torch.float32}[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "nf4": torch.float32,
+            "int8": torch.bfloat16, "int4": torch.bfloat16}[name]
 
 
 def load_ours(path: Path, kind: str, device: str = "cpu", attn: str = "sdpa"):
     import biogpt
+    from biogpt.quantization import cpu_quantization_config
 
     kwargs: dict[str, Any] = dict(torch_dtype=_dtype(kind), attn_implementation=attn)
     if kind == "nf4":
         kwargs["quantization_config"] = biogpt.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    elif kind in QUANTIZED:
+        kwargs["quantization_config"] = cpu_quantization_config(kind)
     if device != "cpu":
         kwargs["device_map"] = device
     return biogpt.BioGptForCausalLM.from_pretrained(path, **kwargs)
 
 
+def reference_kind(kind: str) -> str:
+    """What transformers runs in a row: the same precision, except bf16 for int8/int4 (it needs torchao there)."""
+    return "bf16" if kind in QUANTIZED else kind
+
+
 def load_reference(path: Path, kind: str, device: str = "cpu", attn: str = "sdpa"):
     import transformers
 
+    kind = reference_kind(kind)
     kwargs: dict[str, Any] = dict(dtype=_dtype(kind), attn_implementation=attn)
     if kind == "nf4":
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True,
@@ -124,6 +146,9 @@ def measure_pair(ours, ref, *, shape: str, kind: str, args, device: str = "cpu")
     result[f"prefill_{args.prefill_tokens}_s"] = {name: median(ts) for name, ts in times.items()}
     times = alternate({name: (lambda m=m: _greedy(m, one, 1)) for name, m in models.items()}, args.repeats, sync)
     result["ttft_s"] = {name: median(ts) for name, ts in times.items()}
+    # Decode speed after the prompt (what biogpt.cpp's numbers mean): the n - 1 tokens after the first one.
+    result["decode_b1_after_prompt_tok_s"] = {
+        name: (n - 1) / max(n / result["decode_b1_tok_s"][name] - result["ttft_s"][name], 1e-9) for name in models}
     if device.startswith("cuda"):
         result["gpu_peak_mem_bytes"] = torch.cuda.max_memory_allocated()
     return result
@@ -141,7 +166,7 @@ def measure_load(path: Path, kind: str, repeats: int, device: str = "cpu") -> di
         del m
         gc.collect()
 
-    times = alternate({"ours": ours, "transformers": ref}, repeats)
+    times = alternate({"ours": ours, "transformers": ref} if kind not in QUANTIZED else {"ours": ours}, repeats)
     return {name: median(ts) for name, ts in times.items()}
 
 
@@ -245,18 +270,27 @@ class _IdTokenizer:
         return " ".join(f"t{i}" for i in ids if not (skip_special_tokens and i in (0, 1, 2, 3)))
 
 
-def _bench_tokenizer(shape: str):
-    """The real BioGPT vocabulary when ../shared has it (its Moses detokenization is part of the cost)."""
+def real_vocab_dir(shape: str) -> Optional[Path]:
+    """microsoft/biogpt's vocab.json + merges.txt (converted once from ../shared), for the biogpt shape; else None."""
     shared = Path(os.environ.get("BIOGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
     base = shared / "data" / "biogpt-vocab" / "base"
-    if shape == "biogpt" and (base / "dict.txt").is_file():
-        import biogpt
-        from biogpt.bpe import convert_fairseq_vocab
+    if shape != "biogpt" or not (base / "dict.txt").is_file():
+        return None
+    from biogpt.bpe import convert_fairseq_vocab
 
-        out = OUT / "vocab-biogpt"
-        if not (out / "vocab.json").is_file():
-            convert_fairseq_vocab(base / "dict.txt", base / "bpecodes", out)
-        return biogpt.BioGptTokenizer.from_pretrained(out), "microsoft/biogpt vocabulary"
+    out = OUT / "vocab-biogpt"
+    if not (out / "vocab.json").is_file():
+        convert_fairseq_vocab(base / "dict.txt", base / "bpecodes", out)
+    return out
+
+
+def _bench_tokenizer(shape: str):
+    """The real BioGPT vocabulary when ../shared has it (its Moses detokenization is part of the cost)."""
+    vocab = real_vocab_dir(shape)
+    if vocab is not None:
+        import biogpt
+
+        return biogpt.BioGptTokenizer.from_pretrained(vocab), "microsoft/biogpt vocabulary"
     return _IdTokenizer(), "id tokenizer (no vocabulary files)"
 
 
@@ -318,6 +352,71 @@ def _ratio(d: dict, better_high: bool = True) -> Optional[float]:
         return None
 
 
+def limit_tok_s(bandwidth_gbs: float, shape: str, fmt: str) -> float:
+    """The memory-bandwidth limit of batch-1 decoding: read bandwidth / bytes of weights streamed per token."""
+    return bandwidth_gbs * 1e9 / weight_bytes_per_token(shape, BITS[fmt] / 8)
+
+
+def _anchor_reason(shape: str) -> Optional[str]:
+    if shape != "biogpt":
+        return "biogpt.cpp runs the microsoft/biogpt shape only (its converter needs the real vocabulary)"
+    if real_vocab_dir(shape) is None:
+        return "the real BioGPT vocabulary (../shared/data/biogpt-vocab/base) is absent"
+    return anchor.unavailable_reason()
+
+
+def measure_cpu_row(path: Path, shape: str, kind: str, args, bandwidth: dict) -> dict[str, Any]:
+    """One CPU precision: ours vs transformers (alternated), the kernels the probe chose, biogpt.cpp if asked."""
+    row: dict[str, Any] = {"device": "cpu", "dtype": kind, "transformers_dtype": reference_kind(kind)}
+    if kind == "nf4":
+        from biogpt.quantization import quantization_unavailable_reason
+
+        reason = quantization_unavailable_reason("cpu", 4)
+        if reason:
+            raise RuntimeError(reason)
+    ceiling = limit_tok_s(bandwidth["read_gbs"], shape, kind)
+    if kind == "nf4":  # the head and embeddings stay in the compute dtype
+        s = SHAPES[shape]
+        extra = s["vocab_size"] * s["hidden_size"] * (4 - BITS["nf4"] / 8)
+        ceiling = bandwidth["read_gbs"] * 1e9 / (weight_bytes_per_token(shape, BITS["nf4"] / 8) + extra)
+    row["bandwidth_ceiling_tok_s"] = ceiling
+    start = time.perf_counter()
+    ours = load_ours(path, kind)  # the first load of this format runs the kernel probe (fresh cache: see run())
+    row["first_load_s"] = time.perf_counter() - start
+    row["kernels"] = getattr(ours, "cpu_kernel_plan", None)
+    if kind != "nf4":
+        row["load_s"] = measure_load(path, kind, args.repeats)
+    ref = load_reference(path, kind)
+    row.update(measure_pair(ours, ref, shape=shape, kind=kind, args=args))
+    del ours, ref
+    gc.collect()
+    b1 = row["decode_b1_tok_s"]
+    row["fraction_of_ceiling_b1"] = {k: v / ceiling for k, v in row["decode_b1_after_prompt_tok_s"].items()}
+    row["ratio_decode_b1"] = _ratio(b1)
+    row["ratio_decode_b1_after_prompt"] = _ratio(row["decode_b1_after_prompt_tok_s"])
+    if "decode_b8_tok_s" in row:
+        row["ratio_decode_b8"] = _ratio(row["decode_b8_tok_s"])
+    row["ratio_prefill"] = _ratio(row[f"prefill_{args.prefill_tokens}_s"], better_high=False)
+    row["ratio_ttft"] = _ratio(row["ttft_s"], better_high=False)
+    if kind in ("fp32", "bf16") and not (args.tiny and kind == "bf16"):
+        row["load_to_first_token"] = measure_load_to_first_token(path, kind, 1 if args.tiny else args.repeats,
+                                                                 args.prompt_tokens, args.threads)
+        lf = row["load_to_first_token"]
+        row["ratio_load_to_first_token"] = lf["ours"]["total_s"] / lf["transformers"]["total_s"]
+    if kind == "bf16" and not args.skip_margins:
+        row["bf16_vs_fp32_margins"] = logit_margins(path, shape, args)
+    if args.anchor and kind in anchor.GGML_TYPES:
+        reason = _anchor_reason(shape)
+        if reason:
+            row["ggml"] = {"skipped": reason}
+        else:
+            print(f"[bench] biogpt.cpp {anchor.GGML_TYPES[kind]} ...", file=sys.stderr, flush=True)
+            ggml = anchor.measure(path, real_vocab_dir(shape), kind, args.threads, args.new_tokens, args.repeats)
+            ggml["bandwidth_ceiling_tok_s"] = limit_tok_s(bandwidth["read_gbs"], shape, ggml["ggml_type"])
+            row["ggml"] = ggml
+    return row
+
+
 def run(args) -> dict[str, Any]:
     import torch
 
@@ -330,88 +429,61 @@ def run(args) -> dict[str, Any]:
         info["loadavg_start"] = os.getloadavg()
     except OSError:
         pass
+    # A kernel cache of this run only: the first load of each format probes this machine now (a cache filled on a
+    # busier day would measure that day), later loads read it like any second load.
+    kernel_cache = Path(args.out).with_suffix(".kernels.json") if args.out else OUT / "cpu-kernels-bench.json"
+    kernel_cache.unlink(missing_ok=True)
+    os.environ["BIOGPT_KERNEL_CACHE"] = str(kernel_cache)
+    os.environ.setdefault("BIOGPT_CPU_KERNELS", "auto")
     results: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "shape": shape, "config": SHAPES[shape],
         "parameters": count_parameters(shape), "machine": info, "memory_bandwidth": bandwidth,
-        "settings": {k: v for k, v in vars(args).items()}, "rows": {},
+        "settings": {k: v for k, v in vars(args).items()}, "cpu_kernels": os.environ["BIOGPT_CPU_KERNELS"],
+        "rows": {},
     }
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    reference_fp32_b1 = None
-    order = ["fp32", "bf16", "concurrency", "nf4"]  # the slow 4-bit CPU row last
+    args.anchor = args.anchor and "anchor" in rows
+    order = ["fp32", "bf16", "int8", "int4", "concurrency", "nf4"]  # the slow 4-bit bitsandbytes row last
     for kind in [k for k in order if k in rows]:
         if kind == "concurrency":
-            print("[bench] concurrency ...", file=sys.stderr, flush=True)
-            try:
-                results["rows"]["concurrency"] = measure_concurrency(path, shape, args.concurrency_dtype, args)
-            except Exception as exc:
-                results["rows"]["concurrency"] = {"error": f"{type(exc).__name__}: {exc}"}
-            _write(results, args)
+            for dtype in [d.strip() for d in args.concurrency_dtypes.split(",") if d.strip()]:
+                print(f"[bench] concurrency {dtype} ...", file=sys.stderr, flush=True)
+                try:
+                    results["rows"][f"concurrency-{dtype}"] = measure_concurrency(path, shape, dtype, args)
+                except Exception as exc:  # a failed row is recorded and the others still run
+                    results["rows"][f"concurrency-{dtype}"] = {"error": f"{type(exc).__name__}: {exc}"}
+                _write(results, args)
             continue
-        row: dict[str, Any] = {"device": "cpu", "dtype": kind}
         print(f"[bench] cpu {kind} ...", file=sys.stderr, flush=True)
         try:
-            if kind == "nf4":
-                from biogpt.quantization import quantization_unavailable_reason
-
-                reason = quantization_unavailable_reason("cpu", 4)
-                if reason:
-                    raise RuntimeError(reason)
-            bytes_per_param = {"fp32": 4, "bf16": 2, "nf4": 0.5 + 4 / 64}[kind]
-            ceiling = bandwidth["read_gbs"] * 1e9 / weight_bytes_per_token(shape, bytes_per_param)
-            if kind == "nf4":  # the head and embeddings stay in the compute dtype
-                s = SHAPES[shape]
-                extra = s["vocab_size"] * s["hidden_size"] * (4 - bytes_per_param)
-                ceiling = bandwidth["read_gbs"] * 1e9 / (weight_bytes_per_token(shape, bytes_per_param) + extra)
-            row["bandwidth_ceiling_tok_s"] = ceiling
-            if kind != "nf4":
-                row["load_s"] = measure_load(path, kind, args.repeats)
-            ours = load_ours(path, kind)
-            ref = load_reference(path, kind)
-            row.update(measure_pair(ours, ref, shape=shape, kind=kind, args=args))
-            del ours, ref
-            gc.collect()
-            b1 = row["decode_b1_tok_s"]
-            row["fraction_of_ceiling_b1"] = {k: v / ceiling for k, v in b1.items()}
-            row["ratio_decode_b1"] = _ratio(b1)
-            if "decode_b8_tok_s" in row:
-                row["ratio_decode_b8"] = _ratio(row["decode_b8_tok_s"])
-            row["ratio_prefill"] = _ratio(row[f"prefill_{args.prefill_tokens}_s"], better_high=False)
-            row["ratio_ttft"] = _ratio(row["ttft_s"], better_high=False)
-            if kind == "fp32":
-                reference_fp32_b1 = b1["transformers"]
-            elif reference_fp32_b1:
-                row["ours_vs_transformers_fp32_b1"] = b1["ours"] / reference_fp32_b1
-            if kind == "fp32" or (kind == "bf16" and not args.tiny):
-                row["load_to_first_token"] = measure_load_to_first_token(path, kind, 1 if args.tiny else args.repeats,
-                                                                         args.prompt_tokens, args.threads)
-                lf = row["load_to_first_token"]
-                row["ratio_load_to_first_token"] = lf["ours"]["total_s"] / lf["transformers"]["total_s"]
-            if kind == "bf16" and not args.skip_margins:
-                row["bf16_vs_fp32_margins"] = logit_margins(path, shape, args)
+            row = measure_cpu_row(path, shape, kind, args, bandwidth)
         except Exception as exc:  # e.g. bitsandbytes without a CPU backend: record why, go on
-            row["error"] = f"{type(exc).__name__}: {exc}"
+            row = {"device": "cpu", "dtype": kind, "error": f"{type(exc).__name__}: {exc}"}
         results["rows"][f"cpu-{kind}"] = row
         _write(results, args)
+    fp32 = results["rows"].get("cpu-fp32", {}).get("decode_b1_tok_s", {})
+    bf16_row = results["rows"].get("cpu-bf16", {})
+    if "transformers" in fp32 and "decode_b1_tok_s" in bf16_row:
+        bf16_row["ours_vs_transformers_fp32_b1"] = bf16_row["decode_b1_tok_s"]["ours"] / fp32["transformers"]
 
     if "gpu" in rows and torch.cuda.is_available():
-        from biogpt.modeling import flash_attention_unavailable_reason
+        from biogpt.devices import attention_unavailable_reason
 
         for kind in ("fp16", "bf16"):
             for attn in ("eager", "sdpa", "flash_attention_2"):
                 name = f"cuda-{kind}-{attn}"
                 row = {"device": "cuda", "dtype": kind, "attention": attn}
                 try:
-                    if attn == "flash_attention_2":
-                        reason = flash_attention_unavailable_reason(torch.device("cuda"), _dtype(kind))
-                        if reason:
-                            raise RuntimeError(reason)
+                    reason = attention_unavailable_reason(attn, torch.device("cuda"), _dtype(kind))
+                    if reason:
+                        raise RuntimeError(reason)
                     torch.cuda.reset_peak_memory_stats()
                     ours = load_ours(path, kind, "cuda", attn)
                     ref = load_reference(path, kind, "cuda", attn)
                     row.update(measure_pair(ours, ref, shape=shape, kind=kind, args=args, device="cuda"))
                     row["ratio_decode_b1"] = _ratio(row["decode_b1_tok_s"])
                     del ours, ref
-                except Exception as exc:
+                except Exception as exc:  # a failed row is recorded and the others still run
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 gc.collect()
                 torch.cuda.empty_cache()
@@ -433,60 +505,109 @@ def _write(results: dict, args) -> Path:
     return out
 
 
-def format_table(results: dict) -> str:
-    def fmt(x, spec=".2f"):
-        return "-" if x is None else format(x, spec)
+def _fmt(x, spec=".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
-    lines = [f"shape={results['shape']} params={results['parameters'] / 1e6:.0f}M  cpu={results['machine'].get('cpu')}"
-             f" cores={results['machine'].get('cores')}  read bandwidth={results['memory_bandwidth']['read_gbs']:.1f} GB/s",
-             f"{'row':14s} {'b1 ours':>8s} {'b1 hf':>8s} {'x':>5s} {'b8 ours':>8s} {'b8 hf':>8s} {'x':>5s} "
-             f"{'ceil':>6s} {'prefill o/h (s)':>16s} {'ttft o/h (s)':>14s} {'load->1st o/h (s)':>18s}"]
-    for name, row in results["rows"].items():
-        if name == "concurrency":
+
+def precision_summary(results: dict) -> list[list[str]]:
+    """Rows of [precision, ours, transformers, biogpt.cpp, limit, ours % of limit, ggml % of its limit, ours/hf,
+    ours/ggml]: batch-1 decode tok/s after the prompt."""
+    table = []
+    for kind in PRECISIONS:
+        row = results["rows"].get(f"cpu-{kind}")
+        if row is None:
             continue
         if "error" in row:
-            lines.append(f"{name:14s} error: {row['error'][:100]}")
+            table.append([kind, f"error: {row['error'][:80]}"] + [""] * 7)
+            continue
+        after = row.get("decode_b1_after_prompt_tok_s", {})
+        ours, hf = after.get("ours"), after.get("transformers")
+        ggml = row.get("ggml", {})
+        ggml_tok = ggml.get("decode_tok_s")
+        ggml_cell = (f"{ggml_tok:.1f} ({ggml['ggml_type']})" if ggml_tok else
+                     ("skipped" if "skipped" in ggml else "-"))
+        table.append([
+            kind, _fmt(ours, ".1f"), f"{_fmt(hf, '.1f')} ({row.get('transformers_dtype', kind)})", ggml_cell,
+            _fmt(row.get("bandwidth_ceiling_tok_s"), ".1f"),
+            f"{100 * ours / row['bandwidth_ceiling_tok_s']:.0f}%" if ours else "-",
+            f"{100 * ggml_tok / ggml['bandwidth_ceiling_tok_s']:.0f}%" if ggml_tok else "-",
+            f"{ours / hf:.2f}x" if ours and hf else "-",
+            f"{ours / ggml_tok:.2f}x" if ours and ggml_tok else "-"])
+    return table
+
+
+_SUMMARY_HEADER = ["precision", "ours tok/s", "transformers tok/s", "biogpt.cpp tok/s", "limit tok/s",
+                   "ours % of limit", "biogpt.cpp % of its limit", "ours / transformers", "ours / biogpt.cpp"]
+
+
+def _concurrency_lines(results: dict) -> list[str]:
+    lines = []
+    for name, conc in results["rows"].items():
+        if not name.startswith("concurrency"):
+            continue
+        if "error" in conc:
+            lines.append(f"{name}: error {conc['error'][:100]}")
+        else:
+            lines.append(f"Concurrency (BatchingEngine, {conc['dtype']}, {conc['new_tokens']} new tokens each, "
+                         f"{conc['tokenizer']}): one stream {conc['one_stream_tok_s']:.2f} tok/s; {conc['streams']} "
+                         f"concurrent streams {conc['concurrent_aggregate_tok_s']:.2f} tok/s aggregate = "
+                         f"**{conc['speedup']:.2f}x**.")
+    return lines
+
+
+def _header(results: dict) -> str:
+    m, bw = results["machine"], results["memory_bandwidth"]
+    return (f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', []))}), {m.get('cores')} cores, "
+            f"{m.get('ram_gib')} GiB RAM; torch {m.get('torch')} ({m.get('cpu_capability')}), transformers "
+            f"{m.get('transformers')}, {m.get('torch_threads')} threads. Load average at start/end: "
+            f"{m.get('loadavg_start')} / {m.get('loadavg_end')}. Measured read bandwidth {bw['read_gbs']:.1f} GB/s "
+            f"(copy {bw['copy_gbs']:.1f} GB/s).")
+
+
+def format_table(results: dict) -> str:
+    lines = [f"shape={results['shape']} params={results['parameters'] / 1e6:.0f}M", _header(results), "",
+             "batch-1 decode after the prompt (tok/s):"]
+    widths = [9, 10, 20, 18, 11, 15, 25, 19, 17]
+    lines.append(" ".join(h.rjust(w) for h, w in zip(_SUMMARY_HEADER, widths)))
+    for cells in precision_summary(results):
+        lines.append(" ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    lines += ["", f"{'row':10s} {'b1 ours':>8s} {'b1 hf':>8s} {'x':>5s} {'b8 ours':>8s} {'b8 hf':>8s} {'x':>5s} "
+              f"{'prefill o/h (s)':>16s} {'ttft o/h (s)':>14s} {'load->1st o/h (s)':>18s}  kernels"]
+    for name, row in results["rows"].items():
+        if not name.startswith("cpu-") and not name.startswith("cuda-"):
+            continue
+        if "error" in row:
+            lines.append(f"{name:10s} error: {row['error'][:100]}")
             continue
         b1, b8 = row.get("decode_b1_tok_s", {}), row.get("decode_b8_tok_s", {})
         pre = next((v for k, v in row.items() if k.startswith("prefill_") and isinstance(v, dict)), {})
         lf = row.get("load_to_first_token", {})
         lines.append(
-            f"{name:14s} {fmt(b1.get('ours')):>8s} {fmt(b1.get('transformers')):>8s} {fmt(row.get('ratio_decode_b1')):>5s}"
-            f" {fmt(b8.get('ours')):>8s} {fmt(b8.get('transformers')):>8s} {fmt(row.get('ratio_decode_b8')):>5s}"
-            f" {fmt(row.get('bandwidth_ceiling_tok_s'), '.1f'):>6s}"
-            f" {fmt(pre.get('ours'), '.3f') + '/' + fmt(pre.get('transformers'), '.3f'):>16s}"
-            f" {fmt(row['ttft_s'].get('ours'), '.3f') + '/' + fmt(row['ttft_s'].get('transformers'), '.3f'):>14s}"
-            f" {(fmt(lf['ours']['total_s']) + '/' + fmt(lf['transformers']['total_s'])) if lf else '-':>18s}")
-    conc = results["rows"].get("concurrency")
-    if conc:
-        if "error" in conc:
-            lines.append(f"concurrency error: {conc['error'][:100]}")
-        else:
-            lines.append(f"concurrency ({conc['dtype']}): 1 stream {conc['one_stream_tok_s']:.2f} tok/s, "
-                         f"{conc['streams']} streams {conc['concurrent_aggregate_tok_s']:.2f} tok/s aggregate "
-                         f"= {conc['speedup']:.2f}x")
+            f"{name:10s} {_fmt(b1.get('ours')):>8s} {_fmt(b1.get('transformers')):>8s} {_fmt(row.get('ratio_decode_b1')):>5s}"
+            f" {_fmt(b8.get('ours')):>8s} {_fmt(b8.get('transformers')):>8s} {_fmt(row.get('ratio_decode_b8')):>5s}"
+            f" {_fmt(pre.get('ours'), '.3f') + '/' + _fmt(pre.get('transformers'), '.3f'):>16s}"
+            f" {_fmt(row['ttft_s'].get('ours'), '.3f') + '/' + _fmt(row['ttft_s'].get('transformers'), '.3f'):>14s}"
+            f" {(_fmt(lf['ours']['total_s']) + '/' + _fmt(lf['transformers']['total_s'])) if lf else '-':>18s}"
+            f"  {row.get('kernels')}")
+    lines += [""] + _concurrency_lines(results)
     return "\n".join(lines)
 
 
 def format_markdown(results: dict) -> str:
     """A dated section for bench/RESULTS.md."""
-    m = results["machine"]
-    bw = results["memory_bandwidth"]
     out = [f"## {results['date'][:10]} - {results['shape']} shape ({results['parameters'] / 1e6:.0f}M params), "
-           f"random weights",
-           "",
-           f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', []))}), {m.get('cores')} cores, "
-           f"{m.get('ram_gib')} GiB RAM; torch {m.get('torch')} ({m.get('cpu_capability')}), transformers "
-           f"{m.get('transformers')}, {m.get('torch_threads')} threads. Load average at start/end: "
-           f"{m.get('loadavg_start')} / {m.get('loadavg_end')}. Measured read bandwidth {bw['read_gbs']:.1f} GB/s "
-           f"(copy {bw['copy_gbs']:.1f} GB/s).",
-           "",
-           "| row | decode b1 ours / hf tok/s (x) | b1 ceiling tok/s (ours, hf % of it) | decode b8 ours / hf tok/s (x) "
-           "| prefill 512 ours / hf s | TTFT ours / hf s | load ours / hf s | load->1st token ours / hf s (x) "
-           "| peak RSS ours / hf MiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           f"random weights", "", _header(results), "",
+           "Batch-1 greedy decode after a 16-token prompt (tok/s; transformers runs bf16 in the int8/int4 rows, "
+           "biogpt.cpp the same bits: f32, f16, q8_0, q4_0). The limit is read bandwidth / bytes of weights per "
+           "token at ours' bits.", "",
+           "| " + " | ".join(_SUMMARY_HEADER) + " |", "|" + "---|" * len(_SUMMARY_HEADER)]
+    out += ["| " + " | ".join(cells) + " |" for cells in precision_summary(results)]
+    out += ["", "| row | decode b1 ours / hf tok/s (x) | decode b8 ours / hf tok/s (x) | prefill 512 ours / hf s (x) "
+            "| TTFT ours / hf s | load ours / hf s | load->1st token ours / hf s (x) | peak RSS ours / hf MiB "
+            "| kernels (decode / batch / prefill) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
-        if name == "concurrency":
+        if not name.startswith("cpu-") and not name.startswith("cuda-"):
             continue
         if "error" in row:
             out.append(f"| {name} | error: {row['error'][:120]} |||||||| ")
@@ -495,18 +616,17 @@ def format_markdown(results: dict) -> str:
         pre = next((v for k, v in row.items() if k.startswith("prefill_") and isinstance(v, dict)), {})
         lf = row.get("load_to_first_token")
         load = row.get("load_s", {})
-        frac = row.get("fraction_of_ceiling_b1", {})
 
         def pair(d, spec=".2f"):
-            return f"{d['ours']:{spec}} / {d['transformers']:{spec}}" if d else "-"
+            return " / ".join(format(d[k], spec) for k in ("ours", "transformers") if k in d) if d else "-"
+        kernels = "; ".join(f"{fmt}: {'/'.join(plan[r] for r in ('decode', 'batch', 'prefill'))}"
+                            for fmt, plan in (row.get("kernels") or {}).items())
         out.append(
-            f"| {name} | {pair(b1)} ({row.get('ratio_decode_b1', 0):.2f}x) | {row.get('bandwidth_ceiling_tok_s', 0):.1f}"
-            f" ({100 * frac.get('ours', 0):.0f}%, {100 * frac.get('transformers', 0):.0f}%) | "
-            f"{pair(b8)} ({row.get('ratio_decode_b8') or 0:.2f}x) | {pair(pre, '.3f')} | {pair(row.get('ttft_s'), '.3f')}"
-            f" | {pair(load)} | "
+            f"| {name} | {pair(b1)} ({_fmt(row.get('ratio_decode_b1'))}x) | {pair(b8)} ({_fmt(row.get('ratio_decode_b8'))}x)"
+            f" | {pair(pre, '.3f')} ({_fmt(row.get('ratio_prefill'))}x) | {pair(row.get('ttft_s'), '.3f')} | {pair(load)} | "
             + (f"{lf['ours']['total_s']:.2f} / {lf['transformers']['total_s']:.2f} "
                f"({row['ratio_load_to_first_token']:.2f}x) | {lf['ours']['peak_rss_bytes'] / 2**20:.0f} / "
-               f"{lf['transformers']['peak_rss_bytes'] / 2**20:.0f} |" if lf else "- | - |"))
+               f"{lf['transformers']['peak_rss_bytes'] / 2**20:.0f} |" if lf else "- | - |") + f" {kernels or '-'} |")
     bf16 = results["rows"].get("cpu-bf16", {})
     if "ours_vs_transformers_fp32_b1" in bf16:
         out += ["", f"bf16 (ours) vs transformers fp32, batch-1 decode: {bf16['ours_vs_transformers_fp32_b1']:.2f}x."]
@@ -519,13 +639,12 @@ def format_markdown(results: dict) -> str:
                 f"{margins['median_margin']:.4f}, median max error {margins['median_max_logit_error']:.4f}); argmax "
                 f"agreement {100 * margins['argmax_agreement_teacher_forced']:.1f}%; greedy sequences identical "
                 f"{margins['greedy_sequences_identical']}/{margins['greedy_sequences']}. {margins['note']}"]
-    conc = results["rows"].get("concurrency")
-    if conc and "error" not in conc:
-        out += ["", f"Concurrency (BatchingEngine, {conc['dtype']}, {conc['new_tokens']} new tokens each, "
-                f"{conc['tokenizer']}): one stream {conc['one_stream_tok_s']:.2f} tok/s; {conc['streams']} concurrent "
-                f"streams {conc['concurrent_aggregate_tok_s']:.2f} tok/s aggregate = **{conc['speedup']:.2f}x**."]
-    elif conc:
-        out += ["", f"Concurrency: error {conc['error']}"]
+    skipped = {row["ggml"]["skipped"] for row in results["rows"].values() if "skipped" in row.get("ggml", {})}
+    if skipped:
+        out += [""] + [f"biogpt.cpp skipped: {reason}." for reason in sorted(skipped)]
+    conc = _concurrency_lines(results)
+    if conc:
+        out += [""] + conc
     return "\n".join(out) + "\n"
 
 
@@ -540,7 +659,11 @@ def parse_args(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--streams", type=int, default=8)
-    p.add_argument("--concurrency-dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--concurrency-dtypes", default="bf16,int8",
+                   help="comma-separated dtypes of the BatchingEngine rows (fp32, bf16, int8, int4)")
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="run biogpt.cpp at the same bits when it is built (bench/anchor.py); skipped with a reason "
+                        "when not")
     p.add_argument("--margin-prompts", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-batch8", action="store_true")
@@ -551,7 +674,9 @@ def parse_args(argv=None):
     if args.tiny:
         args.repeats, args.new_tokens, args.prompt_tokens, args.prefill_tokens = 2, 4, 8, 32
         args.margin_prompts, args.streams = 2, 3
-        args.rows = args.rows.replace(",nf4", "")  if args.rows == ",".join(ALL_ROWS) else args.rows
+        args.concurrency_dtypes = "fp32"
+        if args.rows == ",".join(ALL_ROWS):
+            args.rows = ",".join(r for r in ALL_ROWS if r not in ("nf4", "gpu"))
     return args
 
 

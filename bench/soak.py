@@ -1,11 +1,15 @@
 """Soak test of the app: many concurrent gradio_client users against one server on 127.0.0.1.
 
-`python -m bench.soak [--users 50] [--requests 1000] [--out FILE]` starts the app in a child process on the tiny
-checkpoints of tests/app_fixtures.py, then every user (its own Client, hence its own session) sends its share of
-requests, mixing streamed `generate` (greedy), `entities`, `classify`, `status` and, now and then, `load_model`
-with the spec already loaded. Checks:
+`python -m bench.soak --clients 50 --minutes 10 [--out FILE]` starts the app in a child process on the bundled demo
+models (`--checkpoints tiny`: the tiny checkpoints of tests/app_fixtures.py), then every client (its own Client,
+hence its own session) sends requests one after another until the time is up (`--requests N` instead: N requests
+in all), mixing every endpoint the demo models serve: streamed `generate` (greedy and beam search), `entities`,
+`classify` (a fine-tuned classifier and zero-shot), `status`, `stop` and, now and then, `load_model` with the spec
+already loaded. It prints requests, errors, p50/p95 latency (overall and per endpoint) and the server's RSS at the
+start and the end. Checks:
 
-- errors: none, except documented "busy" rejections (queue full), counted by kind;
+- errors: none, except documented "busy" rejections (queue full) and per-client "limited" refusals (a client
+  past its allowance of jobs; these clients send one at a time, so none are expected), counted by kind;
 - no cross-talk: each result equals what a solo request with the same input returned before the run (greedy
   decoding and the classifiers are deterministic, so a mixed-up stream would show);
 - memory: the server's RSS after warm-up and at the end (the drift is reported; the bound is the caller's).
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import httpx
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -38,11 +43,13 @@ TEXTS = ["Cisplatin-induced nephrotoxicity was observed in patients with ovarian
          "Warfarin increases the risk of bleeding when combined with ibuprofen.",
          "Metformin reduces blood glucose in patients with type 2 diabetes."]
 MAX_NEW_TOKENS = 12
+ZERO_SHOT = ("yes, no, maybe", "Is this about a drug? {text}")
 # The endpoint of request i of a user: a fixed cycle, so every run mixes the same way.
-MIX = ["generate", "entities", "generate", "classify", "status", "generate", "entities", "classify", "generate",
-       "status", "generate", "entities", "classify", "generate", "generate", "entities", "classify", "status",
+MIX = ["generate", "entities", "generate", "classify", "status", "beam", "entities", "zero_shot", "generate",
+       "status", "generate", "entities", "classify", "generate", "stop", "entities", "classify", "status",
        "generate", "load_model"]
 BUSY = ("queue is full", "too many requests")
+LIMITED = "you already have jobs running"
 
 
 @dataclass
@@ -66,10 +73,12 @@ class SoakResult:
     def summary(self) -> dict:
         def pct(values: list, q: float) -> float:
             ordered = sorted(values)
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
 
+        every = [seconds for values in self.latencies.values() for seconds in values]
         return {"requests": sum(self.requests.values()), "by_endpoint": dict(self.requests),
                 "errors": dict(self.errors), "mismatches": len(self.mismatches), "seconds": round(self.seconds, 1),
+                "latency_p50_s_all": pct(every, 0.5), "latency_p95_s_all": pct(every, 0.95),
                 "latency_p50_s": {k: pct(v, 0.5) for k, v in self.latencies.items()},
                 "latency_p95_s": {k: pct(v, 0.95) for k, v in self.latencies.items()}}
 
@@ -82,9 +91,10 @@ class Requests:
 
     def call(self, client: Client, endpoint: str, index: int) -> tuple[Any, Any]:
         """(input key, comparable result) of request `index` to `endpoint`."""
-        if endpoint == "generate":
+        if endpoint in ("generate", "beam"):
             prompt = PROMPTS[index % len(PROMPTS)]
-            job = client.submit(prompt, "greedy", MAX_NEW_TOKENS, 0.8, 0.95, 50, 1.0, 0, 4, -1, api_name="/generate")
+            mode, beams = ("greedy", 4) if endpoint == "generate" else ("beam", 2)
+            job = client.submit(prompt, mode, MAX_NEW_TOKENS, 0.8, 0.95, 50, 1.0, 0, beams, -1, api_name="/generate")
             for _ in job:  # consume the stream as a browser does
                 pass
             return prompt, job.result()[0]
@@ -96,10 +106,15 @@ class Requests:
             text = TEXTS[index % len(TEXTS)]
             label = client.predict(text, "classifier", self.classify, "", "", api_name="/classify")
             return text, label
+        if endpoint == "zero_shot":
+            text = TEXTS[index % len(TEXTS)]
+            return text, client.predict(text, "zero-shot", "", *ZERO_SHOT, api_name="/classify")
+        if endpoint == "stop":  # nothing of this session runs: a no-op that must answer
+            return None, client.predict(api_name="/stop")
         if endpoint == "status":
-            return None, client.predict(api_name="/status").split(" · ")[0]  # the model name, not timings
+            return None, client.predict(api_name="/status")["source"]  # the model, not timings
         if endpoint == "load_model":
-            status, _ = client.predict(self.lm, "sdpa", "auto", False, "auto", api_name="/load_model")
+            status, _ = client.predict(self.lm, "sdpa", "auto", "none", "auto", api_name="/load_model")
             return None, status.split(" · ")[0]
         raise ValueError(f"unknown endpoint {endpoint!r}")
 
@@ -116,25 +131,34 @@ class Requests:
 
 
 def _error_kind(exc: Exception) -> str:
-    text = str(exc).lower()
+    # A per-client refusal reaches gradio_client as an HTTP 400 whose JSON `detail` is the message.
+    text = (exc.response.text if isinstance(exc, httpx.HTTPStatusError) else str(exc)).lower()
     if any(marker in text for marker in BUSY):
         return "busy"
+    if LIMITED in text:
+        return "limited"
     return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
-def run_soak(url: str, requests: Requests, users: int, total: int, reference: dict,
-             on_progress: Optional[Callable[[int], None]] = None, timeout_s: float = 1_800) -> SoakResult:
-    """`total` requests from `users` concurrent clients (request i of user u is MIX[(u + i) % len(MIX)])."""
+def run_soak(url: str, requests: Requests, users: int, total: Optional[int], reference: dict,
+             on_progress: Optional[Callable[[int], None]] = None, timeout_s: float = 1_800,
+             duration_s: Optional[float] = None) -> SoakResult:
+    """Requests from `users` concurrent clients (request i of user u is MIX[(u + i) % len(MIX)]): `total` in all,
+    or, with `duration_s`, as many as each client sends one after another until that time has passed."""
     result = SoakResult()
     started = time.perf_counter()
     deadline = time.monotonic() + timeout_s
-    shares = [total // users + (1 if u < total % users else 0) for u in range(users)]
+    stop_at = time.monotonic() + duration_s if duration_s is not None else None
+    shares = [None] * users if total is None else [total // users + (1 if u < total % users else 0)
+                                                   for u in range(users)]
     done = [0]
 
     def user(number: int) -> None:
         client = Client(url, verbose=False)
+        i = 0
         try:
-            for i in range(shares[number]):
+            while (shares[number] is None or i < shares[number]) and (stop_at is None or time.monotonic() < stop_at):
+                i += 1
                 if time.monotonic() > deadline:
                     result.record("timeout", 0.0, "not sent: the run's time limit passed", None)
                     continue
@@ -142,10 +166,10 @@ def run_soak(url: str, requests: Requests, users: int, total: int, reference: di
                 begin = time.perf_counter()
                 error = mismatch = None
                 try:
-                    key, value = requests.call(client, endpoint, number * 7 + i)
+                    key, value = requests.call(client, endpoint, number * 7 + i - 1)
                     if value != reference[(endpoint, key)]:
                         mismatch = key
-                except (AppError, OSError, TimeoutError) as exc:  # the outcomes a client can see
+                except (AppError, OSError, TimeoutError, httpx.HTTPError) as exc:  # the outcomes a client can see
                     error = _error_kind(exc)
                 result.record(endpoint, time.perf_counter() - begin, error, mismatch)
                 with result.lock:
@@ -160,7 +184,7 @@ def run_soak(url: str, requests: Requests, users: int, total: int, reference: di
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(max(1.0, deadline - time.monotonic() + 60))
+        thread.join(max(1.0, min(deadline, stop_at or deadline) - time.monotonic() + 120))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -199,15 +223,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     import psutil
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=1_000)
+    parser.add_argument("--clients", "--users", dest="clients", type=int, default=50)
+    parser.add_argument("--minutes", type=float, help="run this long (each client sends until the time is up)")
+    parser.add_argument("--requests", type=int, default=1_000, help="without --minutes: this many requests in all")
+    parser.add_argument("--checkpoints", choices=("demo", "tiny"), default="demo",
+                        help="the bundled demo models, or the tiny checkpoints of tests/app_fixtures.py")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     sys.path[:0] = [str(REPO / "tests")]
-    from app_fixtures import _tiny, free_port  # the same tiny Hub-layout checkpoints the app tests use
+    from app_fixtures import Checkpoints, _tiny, free_port  # the same checkpoints the app tests use
 
-    checkpoints = _tiny(Path(tempfile.mkdtemp(prefix="soak-checkpoints-")))
+    if args.checkpoints == "tiny":
+        checkpoints = _tiny(Path(tempfile.mkdtemp(prefix="soak-checkpoints-")))
+    else:
+        checkpoints = Checkpoints("demo", "demo", "demo", demo=True)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = SERVER.format(repo=str(REPO), lm=checkpoints.lm, port=port)
@@ -223,14 +253,26 @@ def main(argv: Optional[list[str]] = None) -> dict:
         run_soak(url, requests, users=10, total=100, reference=reference)
         rss_start = server.memory_info().rss
         print(f"warm-up done; server RSS {rss_start / 2**20:.0f} MiB", flush=True)
-        result = run_soak(url, requests, args.users, args.requests, reference,
-                          on_progress=lambda n: print(f"  {n} requests", flush=True))
+        # The server's RSS every 30 s, to tell a plateau from a leak.
+        timeline, finished = [], threading.Event()
+
+        def sample() -> None:
+            while not finished.wait(30):
+                timeline.append(round(server.memory_info().rss / 2**20))
+
+        threading.Thread(target=sample, name="rss-sampler", daemon=True).start()
+        duration = args.minutes * 60 if args.minutes else None
+        result = run_soak(url, requests, args.clients, None if duration else args.requests, reference,
+                          on_progress=lambda n: print(f"  {n} requests", flush=True), duration_s=duration,
+                          timeout_s=(duration or 1_800) + 600)
+        finished.set()
         rss_end = server.memory_info().rss
     finally:
         process.terminate()
         process.wait(30)
-    summary = {**result.summary(), "users": args.users, "rss_start_mib": round(rss_start / 2**20, 1),
-               "rss_end_mib": round(rss_end / 2**20, 1), "rss_drift_mib": round((rss_end - rss_start) / 2**20, 1)}
+    summary = {**result.summary(), "clients": args.clients, "checkpoints": args.checkpoints,
+               "rss_start_mib": round(rss_start / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
+               "rss_drift_mib": round((rss_end - rss_start) / 2**20, 1), "rss_every_30s_mib": timeline}
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -28,6 +28,7 @@ _EXPORTS = {
     "BioGptPreTrainedModel": "modeling",
     "KVCache": "cache",
     "BitsAndBytesConfig": "quantization",
+    "TorchAoConfig": "quantization",
     "GenerationConfig": "generation",
     "stream_generate": "generation",
     "StreamDelta": "generation",

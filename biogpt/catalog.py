@@ -1,8 +1,10 @@
 """The models the app offers by name, and the choice of the default one.
 
-Entries are the published BioGPT checkpoints plus `demo`, the tiny models bundled in the package's `demo_models/`
-(one per task; `BIOGPT_DEMO_DIR` points elsewhere) that let the app run with no network. Any other Hub id or local
-path typed by a user is loaded as is.
+Entries are the published BioGPT checkpoints on the Hub, Microsoft's fine-tuned task models of the paper (released
+as fairseq checkpoints, not on the Hub: they load from the unpacked release that `BIOGPT_FINETUNED_DIR` points at,
+converted on first use), and `demo`, the tiny models bundled in the package's `demo_models/` (one per task;
+`BIOGPT_DEMO_DIR` points elsewhere) that let the app run with no network. Any other Hub id or local path typed by a
+user is loaded as is.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class CatalogEntry:
     size: str
     tasks: tuple[str, ...] = ("causal-lm",)
     defaults: dict[str, Any] = field(default_factory=dict)  # ModelSpec fields a UI should preselect
+    paper_task: Optional[str] = None  # bc5cdr, ddi, kd-dti, pubmedqa or hoc for the paper's fine-tuned models
+    release: bool = False  # a folder of the unpacked fine-tuned release (BIOGPT_FINETUNED_DIR/<name>)
 
 
 CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in (
@@ -41,7 +45,40 @@ CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in (
                  "1.5B parameters", defaults={"quantization": "4bit"}),
     CatalogEntry(DEMO, "Tiny bundled demo models trained on generated sentences (not BioGPT), for trying the app offline.",
                  "4M params each, 18 MB", tasks=tuple(DEMO_DIRS), defaults={"dtype": "float32"}),
+    # The paper's fine-tuned models (scores as the paper reports them on each test set).
+    CatalogEntry("RE-BC5CDR-BioGPT", "BioGPT fine-tuned to extract chemical-induced disease relations (BC5CDR; the "
+                 "paper: 44.98 F1).", "347M parameters", paper_task="bc5cdr", release=True),
+    CatalogEntry("RE-DDI-BioGPT", "BioGPT fine-tuned to extract drug-drug interactions (DDI 2013; the paper: 40.76 "
+                 "F1).", "347M parameters", paper_task="ddi", release=True),
+    CatalogEntry("RE-DTI-BioGPT", "BioGPT fine-tuned to extract drug-target interactions (KD-DTI; the paper: 38.42 "
+                 "F1).", "347M parameters", paper_task="kd-dti", release=True),
+    CatalogEntry("QA-PubMedQA-BioGPT", "BioGPT fine-tuned to answer PubMedQA questions yes / no / maybe (the paper: "
+                 "78.2% accuracy).", "347M parameters", paper_task="pubmedqa", release=True),
+    CatalogEntry("QA-PubMedQA-BioGPT-Large", "BioGPT-Large fine-tuned for PubMedQA (the paper: 81.0% accuracy).",
+                 "1.5B parameters", defaults={"quantization": "4bit"}, paper_task="pubmedqa", release=True),
+    CatalogEntry("DC-HoC-BioGPT", "BioGPT fine-tuned to label sentences with the Hallmarks of Cancer (HoC; the "
+                 "paper: 85.12 F1).", "347M parameters", paper_task="hoc", release=True),
 )}
+RELATION_TASKS = ("bc5cdr", "ddi", "kd-dti")
+
+
+def paper_models(*tasks: str) -> list[CatalogEntry]:
+    """The catalog's fine-tuned task models for `tasks` (e.g. the relation extractors)."""
+    return [entry for entry in CATALOG.values() if entry.paper_task in tasks]
+
+
+def release_path(name: str, settings: Optional[Settings] = None) -> Path:
+    """The folder of the fine-tuned model `name` in the unpacked release, or a `CheckpointError` saying how to get it."""
+    settings = settings or Settings.from_env()
+    if settings.finetuned_dir is None:
+        raise CheckpointError(f"{name} is one of Microsoft's fine-tuned BioGPT checkpoints, which are not on the "
+                              "Hugging Face Hub: download and unpack the release (see the README, \"The paper's "
+                              "tasks\") and set BIOGPT_FINETUNED_DIR to its checkpoints/ folder.")
+    path = settings.finetuned_dir / name
+    if not path.is_dir():
+        raise CheckpointError(f"{name} is not in BIOGPT_FINETUNED_DIR (no folder named {name} there): unpack its "
+                              "release archive into that folder.")
+    return path
 
 
 def demo_root(settings: Optional[Settings] = None) -> Path:
@@ -111,3 +148,14 @@ def default_source(requested: Optional[str] = None,
     if why_not == "HF_HUB_OFFLINE is set":
         return DEMO, f"bundled demo models: HF_HUB_OFFLINE is set and {DEFAULT_MODEL} is not cached"
     return DEMO, f"bundled demo models: {why_not}"
+
+
+def local_source(name: str, task: str = "causal-lm", settings: Optional[Settings] = None) -> str:
+    """What to load for `name`: the bundled demo for `demo`, the release folder of a fine-tuned catalog model, or
+    `name` itself (a Hub id or a path), so that command lines accept the names the app shows."""
+    if name == DEMO:
+        return str(demo_path(task, settings))
+    entry = CATALOG.get(name)
+    if entry is not None and entry.release:
+        return str(release_path(name, settings))
+    return name

@@ -5,6 +5,7 @@
     python -m biogpt convert-fairseq SRC_DIR OUT_DIR [--vocab base|large]  a fine-tuned fairseq checkpoint -> Hub layout
     python -m biogpt eval TASK --model DIR --data FILE [--limit N]         the paper's metric on a data set
     python -m biogpt finetune ner|classify ...                             train a task head
+    python -m biogpt annotate CORPUS --task ner --model M --output DIR [--engine ray]   a corpus, resumably
 """
 
 from __future__ import annotations
@@ -13,22 +14,26 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from . import catalog
+from .annotate import cli as annotate_cli
 from .errors import BioGptError
 from .pipelines import pipeline
 from .tasks import evaluate, finetune
 
 # Subcommands whose arguments their own module parses (main() hands them everything after the command's name).
-_DELEGATED = {"finetune": finetune.main, "eval": evaluate.main, "convert-fairseq": evaluate.convert_main}
+_DELEGATED = {"finetune": finetune.main, "eval": evaluate.main, "convert-fairseq": evaluate.convert_main,
+              "annotate": annotate_cli.main}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biogpt", description="BioGPT from the command line.")
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{run,convert-fairseq,eval,finetune}")
+                                     metavar="{run,annotate,convert-fairseq,eval,finetune}")
     run = commands.add_parser("run", help="stream the continuation of each prompt (stdin lines or --prompt); with "
                                           "--task relations|pubmedqa|hoc, run a paper task model on one text")
     run.add_argument("--task", default="text-generation", choices=["text-generation"])
-    run.add_argument("--model", required=True, help="Hub id (e.g. microsoft/biogpt) or local checkpoint directory")
+    run.add_argument("--model", required=True, help="Hub id (e.g. microsoft/biogpt), local checkpoint directory, or "
+                                                     "a catalog name such as demo (the bundled offline model)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or a GPU index (default: cpu)")
     run.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or auto")
     run.add_argument("--prompt", default=None, help="the prompt (default: one prompt per line of stdin)")
@@ -45,11 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                         add_help=False)
     commands.add_parser("eval", help="score a paper task model with the paper's metric", add_help=False)
     commands.add_parser("finetune", help="fine-tune a checkpoint (arguments: biogpt finetune --help)", add_help=False)
+    commands.add_parser("annotate", help="annotate a corpus into resumable shards, locally or on Ray "
+                                         "(arguments: biogpt annotate --help)", add_help=False)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    generator = pipeline(args.task, model=args.model, device=args.device, torch_dtype=args.dtype)
+    model = catalog.local_source(args.model)
+    generator = pipeline(args.task, model=model, device=args.device, torch_dtype=args.dtype)
     prompts = [args.prompt] if args.prompt is not None else [line.rstrip("\n") for line in sys.stdin]
     options = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)

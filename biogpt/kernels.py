@@ -1,26 +1,306 @@
-"""CPU kernel choices, applied to a loaded model as a module swap (the model code itself stays plain PyTorch).
+"""CPU kernels for the linear layers: weight-only int8/int4 formats, and which kernel each product runs on, chosen
+by measuring on this machine at first load (cached), swapped into a loaded model (the model code stays plain).
 
-For few rows (decoding), ATen's addmm goes to MKL, which runs a (1, k) x (k, n) product on one core; oneDNN's
-inner-product primitive uses every thread, which is ~2x faster per token on some memory-bound CPUs (same fp32
-arithmetic, accumulation order aside). bf16 additionally wants its weights reordered once into oneDNN's blocked
-layout; that copy lives on the module as a plain attribute (no parameter or buffer, so state_dict(),
-save_pretrained and deepcopy are untouched) and is rebuilt whenever the weight changes.
+A decode step on a CPU is bound by memory bandwidth: every weight is read once per token, and the products have
+one row. Which kernel streams weights fastest depends on the CPU and the torch build: on one 2-core AMD EPYC
+oneDNN's inner product was 2x MKL's at one row; on a 2-core Intel Xeon the same oneDNN call is slower than ATen's
+fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.linear`. So nothing is hard-coded:
 
-`apply_cpu_kernels(model)` swaps the class of the decoder's `nn.Linear` layers to `OneDnnLinear` (same
-parameters, same state_dict); `remove_cpu_kernels(model)` swaps them back. Loading applies it to CPU models when
-`BIOGPT_ONEDNN` is on (see `biogpt.settings`).
+- *Formats* (`weight_format`): float32 and bfloat16 `nn.Linear`, and the weight-only `Int8Linear` (int8 per output
+  channel, symmetric) and `Int4Linear` (4-bit per group of input channels, with a scale and a zero per group),
+  which hold PyTorch's own packed layouts for `torch.ops.aten._weight_int8pack_mm` and
+  `_weight_int4pack_mm_for_cpu`.
+- *Regimes* (`regime`): one row (decoding), up to 127 rows (batched decoding, beams, short prompts), 128 rows and
+  more (long prompts).
+- *Candidates* (`CANDIDATES`): for each format and regime, the ways to compute it: always `aten` (exactly what
+  transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
+  one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout) and `dequant`
+  (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only over many rows).
+- *The probe* (`probe`): times every candidate on the model's own weight matrices (so the working set is the real
+  one, not cache-resident toys), alternating them, best of a few rounds, and picks the fastest; `aten` keeps the
+  job unless another candidate beats it by `MARGIN`, so a choice is never slower than the plain path by more than
+  the noise. It takes a fraction of a second, once per machine: the result goes into a small JSON file
+  (`BIOGPT_KERNEL_CACHE`) keyed by CPU model, CPU flags, torch version, threads, format and matrix shapes. A
+  choice measured while the machine was busy (load average per core above BUSY_LOAD) is measured again at the
+  first load on a quiet machine. Formats with less than PROBE_MIN_BYTES of weights keep ATen unmeasured.
+- `BIOGPT_CPU_KERNELS` overrides it (see `resolve_choice`): `auto` (default: cached probe), `probe` (measure again),
+  `aten` (plain PyTorch everywhere), or one candidate name used wherever it applies.
+
+`apply_cpu_kernels(model)` swaps the class of the decoder's and output head's float `nn.Linear` layers to
+`CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime;
+`remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and torch.compile tracing always
+take `F.linear`.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
-from typing import Optional
+import json
+import logging
+import os
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+from .settings import CPU_KERNEL_CHOICES, Settings
 
+logger = logging.getLogger(__name__)
+
+REGIMES = ("decode", "batch", "prefill")
+# Rows of the product that each regime is timed at by the probe: a decode step of batch 8 or a short prompt
+# ("batch": 2 to 127 rows), a long prompt ("prefill": 128 rows and more).
+PROBE_ROWS = {"decode": 1, "batch": 16, "prefill": 256}
+PREFILL_ROWS = 128
+# A candidate replaces `aten` only when it is at least this much faster (the noise of a short measurement).
+MARGIN = 0.05
+# Formats with fewer bytes of weights than this are not probed (ATen): everything sits in the caches and per-call
+# overhead dominates, so the candidates cannot be told apart (the tiny models of a test suite load in milliseconds).
+PROBE_MIN_BYTES = 4 * 2**20
+# Load average per core above which a probe's measurement counts as disturbed, and below which the machine is quiet.
+BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
+CHOICES = CPU_KERNEL_CHOICES
+CACHE_VERSION = 1
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+              "asimd", "sve", "bf16")
+
+
+def regime(rows: int) -> str:
+    """The regime of a product with `rows` rows."""
+    return "decode" if rows == 1 else ("batch" if rows < PREFILL_ROWS else "prefill")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weight-only int8 / int4
+# ----------------------------------------------------------------------------------------------------------------
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, scale per output row): symmetric, `weight ~= q * scale[:, None]`, |q| <= 127.
+
+    The scale is max|row| / 127, so the rounding error of an element is at most scale / 2.
+    """
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q in 0..15 as int32, scale, zero) per group of `group_size` input columns: `w ~= (q - 8) * scale + zero`.
+
+    Asymmetric min/max quantization as torchao's int4 weight-only (and gpt-fast): scale = (max - min) / 15,
+    zero = min + 8 * scale; the rounding error of an element is at most scale / 2. Scales and zeros are
+    (rows, groups) float32; rows x columns must be a multiple of the group size.
+    """
+    w = weight.detach().float()
+    rows, cols = w.shape
+    groups = w.reshape(rows, cols // group_size, group_size)
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    scales = ((high - low) / 15).clamp(min=1e-6)
+    q = torch.round((groups - low[..., None]) / scales[..., None]).clamp_(0, 15).to(torch.int32)
+    return q.reshape(rows, cols), scales, low + 8 * scales
+
+
+def int4_shape_error(out_features: int, in_features: int, group_size: int) -> Optional[str]:
+    """Why a (out, in) weight cannot use the int4 CPU kernel with `group_size`, or None."""
+    if group_size not in INT4_GROUP_SIZES:
+        return f"group_size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, not {group_size}"
+    if in_features % group_size:
+        return f"its {in_features} input features are not a multiple of group_size {group_size}"
+    if out_features % 16:
+        return f"the int4 CPU kernel needs output features in multiples of 16 (this layer has {out_features})"
+    return None
+
+
+class _QuantizedLinear(nn.Module):
+    """What `Int8Linear` and `Int4Linear` share: bias, sizes, the kernel per regime, the forward."""
+
+    in_features: int
+    out_features: int
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.kernels: dict[str, str] = dict.fromkeys(REGIMES, "aten")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.scale_tensor().dtype
+
+    def scale_tensor(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        """The ATen weight-only kernel on (rows, in) input in the compute dtype."""
+        raise NotImplementedError
+
+    def dequantized(self) -> torch.Tensor:
+        """The (out, in) weight in the compute dtype (what the products compute with)."""
+        raise NotImplementedError
+
+    def dense_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """The `dequant` kernel: the whole weight expanded to the compute dtype, then one dense product with bias
+        (pays off over many rows, where the weight-only kernels are compute-bound)."""
+        return F.linear(rows, self.dequantized(), self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The decode path runs 145 times per token on microsoft/biogpt: it does no more than it must.
+        compute_dtype = self.scale_tensor().dtype
+        rows = x.reshape(-1, self.in_features)
+        if x.dtype != compute_dtype:
+            rows = rows.to(compute_dtype)
+        if not rows.is_contiguous():  # e.g. the last position of a batch; the int4 kernel needs contiguous rows
+            rows = rows.contiguous()
+        if rows.shape[0] > 1 and self.kernels[regime(rows.shape[0])] == "dequant" and not torch.compiler.is_compiling():
+            out = self.dense_product(rows)
+        else:
+            out = self.product(rows)
+            if self.bias is not None:
+                out.add_(self.bias)  # a fresh tensor: no copy needed
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if x.dtype == compute_dtype else out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(_QuantizedLinear):
+    """y = x W^T + b with W stored as int8 (out, in) and one scale per output row, in the compute dtype.
+
+    `weight` is the int8 matrix (a parameter without gradient, so that loading, devices and memory accounting
+    treat it like `nn.Linear`'s), `scales` the row scales.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.bfloat16):
+        super().__init__(in_features, out_features, bias, dtype)
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        self.register_buffer("scales", torch.ones(out_features, dtype=dtype))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> "Int8Linear":
+        with torch.device(weight.device):
+            layer = cls(weight.shape[1], weight.shape[0], bias is not None, dtype)
+        layer.set_weight(weight)
+        if bias is not None:
+            layer.bias.data = bias.detach().to(dtype)
+        return layer
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        q, scales = quantize_int8(weight)
+        self.weight = nn.Parameter(q.to(weight.device), requires_grad=False)
+        self.scales = scales.to(device=weight.device, dtype=self.scales.dtype)
+
+    def scale_tensor(self) -> torch.Tensor:
+        return self.scales
+
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.to(self.scales.dtype) * self.scales[:, None]
+
+
+class Int4Linear(_QuantizedLinear):
+    """y = x W^T + b with W stored as 4-bit integers per group of `group_size` input columns, each group with a
+    scale and a zero in the compute dtype: `W ~= (q - 8) * scale + zero`.
+
+    `weight` is PyTorch's packed layout for `_weight_int4pack_mm_for_cpu` (uint8, two values per byte; until
+    `set_weight` an (out, in) placeholder, the shape loading checks the checkpoint against), `scales_and_zeros` is
+    (in / group_size, out, 2).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.bfloat16,
+                 group_size: int = 128):
+        super().__init__(in_features, out_features, bias, dtype)
+        reason = int4_shape_error(out_features, in_features, group_size)
+        if reason:
+            raise ConfigError(f"Int4Linear({in_features}, {out_features}): {reason}.")
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.uint8), requires_grad=False)
+        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2, dtype=dtype))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype,
+                   group_size: int) -> "Int4Linear":
+        with torch.device(weight.device):
+            layer = cls(weight.shape[1], weight.shape[0], bias is not None, dtype, group_size)
+        layer.set_weight(weight)
+        if bias is not None:
+            layer.bias.data = bias.detach().to(dtype)
+        return layer
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        q, scales, zeros = quantize_int4(weight, self.group_size)
+        self.weight = nn.Parameter(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), requires_grad=False)
+        self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=2).to(
+            device=weight.device, dtype=self.scales_and_zeros.dtype).contiguous()
+
+    def scale_tensor(self) -> torch.Tensor:
+        return self.scales_and_zeros
+
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.scales_and_zeros)
+
+    def dequantized_t(self) -> torch.Tensor:
+        """The transposed (in, out) weight in the compute dtype. Transposed because that is the order the packed
+        bytes already have (input channel outermost), and the groups' scales and zeros then broadcast in place."""
+        q = unpack_int4_t(self.weight, self.out_features, self.in_features)
+        groups = q.view(-1, self.group_size, self.out_features).to(self.compute_dtype)
+        scales = self.scales_and_zeros[..., 0].unsqueeze(1)
+        zeros = (self.scales_and_zeros[..., 1] - 8 * self.scales_and_zeros[..., 0]).unsqueeze(1)
+        return torch.addcmul(zeros, groups, scales).view(self.in_features, self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.dequantized_t().t()
+
+    def dense_product(self, rows: torch.Tensor) -> torch.Tensor:
+        weight_t = self.dequantized_t()
+        return torch.mm(rows, weight_t) if self.bias is None else torch.addmm(self.bias, rows, weight_t)
+
+
+def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The (in, out) uint8 values 0..15 of `_convert_weight_to_int4pack_for_cpu`'s layout, transposed.
+
+    As measured on torch 2.13's x86 build: blocks of 64 output rows, row r of a block in byte `k * 32 + r % 32` of
+    input column k (low nibble for r < 32, high for the others), then the last `out % 64` rows as one block with
+    rows r and r + 1 sharing a byte. `int4_layout_known()` checks that this torch build packs that way before
+    anything relies on it.
+    """
+    flat = packed.reshape(-1)
+    whole = out_features - out_features % 64
+    parts = []
+    if whole:
+        blocks = flat[: whole * in_features // 2].view(whole // 64, in_features, 32)
+        nibbles = torch.stack((blocks & 15, blocks >> 4), dim=2)  # (blocks, in, 2, 32): row = 32 * nibble + r
+        parts.append(nibbles.permute(1, 0, 2, 3).reshape(in_features, whole))
+    if out_features > whole:
+        tail = flat[whole * in_features // 2:].view(in_features, (out_features - whole) // 2)
+        parts.append(torch.stack((tail & 15, tail >> 4), dim=2).reshape(in_features, out_features - whole))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+@functools.lru_cache(maxsize=1)
+def int4_layout_known() -> bool:
+    """True when this torch build's int4 CPU packing is the layout `unpack_int4_t` reads (checked on a probe)."""
+    q = torch.randint(0, 16, (112, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    return torch.equal(unpack_int4_t(packed, 112, 64).int(), q.t())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Float linears: the swapped-in class and its kernels
+# ----------------------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def onednn_available() -> bool:
     """True when this torch build runs oneDNN's linear on the CPU (probed once on a tiny product)."""
@@ -34,27 +314,39 @@ def onednn_available() -> bool:
     return bool(probe.eq(4).all())
 
 
-class OneDnnLinear(nn.Linear):
-    """An `nn.Linear` whose inference forward on the CPU goes through oneDNN (see the module docstring).
+class CpuLinear(nn.Linear):
+    """An `nn.Linear` whose inference forward on the CPU runs the kernel chosen for its regime (`kernels`).
 
-    Anything else (a gradient needed, another device or dtype, torch.compile tracing) takes `F.linear`.
+    Same parameters and state_dict as `nn.Linear`. Anything else (a gradient needed, another device or dtype,
+    torch.compile tracing) takes `F.linear`. A oneDNN-reordered bf16 weight is kept as a plain attribute (no
+    parameter or buffer, so state_dict(), save_pretrained and deepcopy are untouched), rebuilt when the weight
+    changes.
     """
 
+    kernels: Mapping[str, str] = dict.fromkeys(REGIMES, "aten")
     _packed: Optional[tuple[tuple[int, int], torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype
-                or not weight.is_contiguous() or (bias is not None and bias.dtype != x.dtype)
+        # Ordered cheapest first: this runs for every linear of every decode step.
+        if (x.dtype != weight.dtype or x.device.type != "cpu" or (bias is not None and bias.dtype != x.dtype)
                 or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
                                                  or (bias is not None and bias.requires_grad)))
-                or torch.compiler.is_compiling()):  # (under torch.compile, inductor chooses its own CPU kernels)
-            return F.linear(x, weight, bias)
-        if x.dtype == torch.bfloat16:
-            weight = self._packed_weight()
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], out.shape[-1])
+                or torch.compiler.is_compiling() or not weight.is_contiguous()):
+            return F.linear(x, weight, bias)  # (under torch.compile, inductor chooses its own CPU kernels)
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        kernel = self.kernels[regime(rows)]
+        if kernel == "gemv" and rows == 1:
+            vector = x.reshape(-1)
+            out = torch.mv(weight, vector) if bias is None else torch.addmv(bias, weight, vector)
+            return out.view(*x.shape[:-1], out.shape[-1])
+        if kernel == "onednn":
+            if x.dtype == torch.bfloat16:
+                weight = self._packed_weight()
+            flat = x.reshape(-1, x.shape[-1])
+            out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return F.linear(x, weight, bias)
 
     def __getstate__(self) -> dict:
         """deepcopy and pickle leave the packed copy behind (oneDNN's opaque tensors have no storage to copy)."""
@@ -79,25 +371,289 @@ class OneDnnLinear(nn.Linear):
         return packed
 
 
-def _decoder_linears(model: nn.Module) -> list[nn.Linear]:
-    return [module for module in model.base_model.layers.modules() if isinstance(module, nn.Linear)]
+@dataclass(frozen=True)
+class Candidate:
+    """One way to compute a format's products in a regime."""
+
+    name: str
+    formats: frozenset  # of weight_format() values
+    regimes: frozenset
+    available: Callable[[], bool]
 
 
-def apply_cpu_kernels(model: nn.Module) -> int:
-    """Route the decoder's plain `nn.Linear` layers through oneDNN where this torch has it; returns how many."""
-    if not onednn_available():
-        return 0
-    swapped = 0
-    for module in _decoder_linears(model):
-        if type(module) is nn.Linear:
-            module.__class__ = OneDnnLinear
-            swapped += 1
-    return swapped
+_FLOAT = frozenset({"float32", "bfloat16"})
+_QUANTIZED = frozenset({"int8-float32", "int8-bfloat16", "int4-float32", "int4-bfloat16"})
+CANDIDATES = (
+    Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda: True),
+    Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda: True),
+    Candidate("onednn", _FLOAT, frozenset(REGIMES), onednn_available),
+    Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}), lambda: True),
+    Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
+              int4_layout_known),
+)
+
+
+def candidates(fmt: str, regime_name: str) -> list[str]:
+    """Names of the candidates that can compute `fmt` in `regime_name` on this machine (`aten` first)."""
+    names = [c.name for c in CANDIDATES if fmt in c.formats and regime_name in c.regimes and c.available()]
+    return list(dict.fromkeys(names))
+
+
+def weight_format(module: nn.Module) -> Optional[str]:
+    """'float32', 'bfloat16', 'int8-<compute dtype>', 'int4-<compute dtype>', or None for a layer we leave alone."""
+    if isinstance(module, Int8Linear):
+        return f"int8-{str(module.compute_dtype).replace('torch.', '')}"
+    if isinstance(module, Int4Linear):
+        return f"int4-{str(module.compute_dtype).replace('torch.', '')}"
+    if type(module) in (nn.Linear, CpuLinear) and module.weight.dtype in (torch.float32, torch.bfloat16):
+        return str(module.weight.dtype).replace("torch.", "")
+    return None
+
+
+def cpu_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The decoder's linear layers and the output head (where the model has them) that kernels apply to."""
+    found = [(name, module) for name, module in model.named_modules()
+             if weight_format(module) is not None and (".layers." in f".{name}" or name == "output_projection")]
+    return [(name, module) for name, module in found if module.weight.device.type == "cpu"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The probe
+# ----------------------------------------------------------------------------------------------------------------
+Measure = Callable[[str, list[nn.Module], str, list[str]], dict[str, float]]
+"""(format, sample layers, regime, candidate names) -> seconds per pass for each candidate."""
+
+# The decode regime streams up to this many bytes of weights per pass (more than the caches, as the real step).
+_DECODE_PROBE_BYTES = 96 * 2**20
+# Alternated rounds per regime: at least _MIN_ROUNDS, more while the regime's time budget lasts (small models).
+_MIN_ROUNDS, _MAX_ROUNDS, _ROUND_BUDGET_S = 5, 40, 0.12
+
+
+def probe_sample(layers: list[nn.Module], regime_name: str) -> list[nn.Module]:
+    """Layers to time: for decoding, the model's own matrices in model order up to _DECODE_PROBE_BYTES
+    (bandwidth-bound, so the working set must be real); for more rows (compute-bound) the two largest matrices of
+    the shapes that repeat (the decoder's, not the one-off output head, which sees one row in a prefill)."""
+    if regime_name == "decode":
+        chosen, total = [], 0
+        for layer in layers:
+            if total >= _DECODE_PROBE_BYTES:
+                break
+            chosen.append(layer)
+            total += layer.weight.numel() * layer.weight.element_size()
+        return chosen
+    shapes = Counter((layer.out_features, layer.in_features) for layer in layers)
+    repeated = [layer for layer in layers if shapes[(layer.out_features, layer.in_features)] > 1] or layers
+    return sorted(repeated, key=lambda m: m.in_features * m.out_features, reverse=True)[:2]
+
+
+def measure_candidates(fmt: str, layers: list[nn.Module], regime_name: str, names: list[str],
+                       rounds: Optional[int] = None) -> dict[str, float]:
+    """Seconds per pass over `layers` at the regime's row count, the best of several alternated rounds (`rounds`
+    exactly, else as many as the time budget allows between _MIN_ROUNDS and _MAX_ROUNDS).
+
+    Each candidate runs on the real modules with its kernel set for that regime (on a copy of the class for float
+    layers, so the model is untouched); the minimum is the least disturbed by other processes on a shared host.
+    """
+    rows = PROBE_ROWS[regime_name]
+    dtype = torch.bfloat16 if fmt.endswith("bfloat16") else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    inputs = {layer.in_features: torch.randn(rows, layer.in_features, generator=generator).to(dtype)
+              for layer in layers}
+    runners = {}
+    for name in names:
+        probes = [_probe_module(layer, regime_name, name) for layer in layers]
+        runners[name] = lambda probes=probes: [p(inputs[p.in_features]) for p in probes]
+    best = {name: float("inf") for name in names}
+    with torch.inference_mode():
+        for fn in runners.values():  # warm-up: first-call allocations, oneDNN primitive creation, reorders
+            fn()
+        start = time.perf_counter()
+        for r in range(rounds or _MAX_ROUNDS):
+            if rounds is None and r >= _MIN_ROUNDS and time.perf_counter() - start > _ROUND_BUDGET_S:
+                break
+            for name in (names if r % 2 == 0 else names[::-1]):
+                begin = time.perf_counter()
+                runners[name]()
+                best[name] = min(best[name], time.perf_counter() - begin)
+    return best
+
+
+def _probe_module(layer: nn.Module, regime_name: str, name: str) -> nn.Module:
+    """A stand-in of `layer` sharing its tensors, computing `regime_name` with candidate `name`."""
+    if isinstance(layer, _QuantizedLinear):
+        stand_in = object.__new__(type(layer))
+        stand_in.__dict__.update(layer.__dict__)
+    else:
+        stand_in = object.__new__(CpuLinear)
+        stand_in.__dict__.update({k: v for k, v in layer.__dict__.items() if k != "_packed"})
+    stand_in.kernels = {**dict.fromkeys(REGIMES, "aten"), regime_name: name}
+    return stand_in
+
+
+def machine_key() -> dict[str, object]:
+    """What a measurement depends on besides the model: CPU model and flags, torch version and build, threads."""
+    cpu, flags = "", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not cpu:
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    cpu = cpu or platform.processor() or platform.machine()
+    return {"cpu": cpu, "flags": sorted(flags & set(_CPU_FLAGS)), "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def _cache_key(fmt: str, layers: list[nn.Module]) -> str:
+    shapes = sorted({(layer.out_features, layer.in_features) for layer in layers})
+    return json.dumps({**machine_key(), "format": fmt, "shapes": shapes}, sort_keys=True)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:  # unreadable or corrupt: measure again and rewrite it
+        logger.warning("Ignoring the CPU kernel cache %s (%s); measuring again.", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    """Atomic replace, so concurrent loads never read half a file; a read-only home only costs a warning."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("Could not write the CPU kernel cache %s (%s); the probe will run again next time.", path, exc)
+
+
+def load_per_core() -> Optional[float]:
+    """The 1-minute load average per CPU (None where the OS has none): how busy the machine was during a probe."""
+    try:
+        return round(os.getloadavg()[0] / (os.cpu_count() or 1), 2)
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def _measured_busy(entry: Mapping) -> bool:
+    """A cached choice measured while other work held the cores (kernels that use every thread lose most then) is
+    measured again once the machine is quiet; a quiet-time measurement is kept however busy the machine is now."""
+    then, now = entry.get("load_per_core"), load_per_core()
+    return then is not None and now is not None and then > BUSY_LOAD and now < QUIET_LOAD
+
+
+def pick(timings: Mapping[str, float]) -> str:
+    """The fastest candidate; `aten` unless another is faster by more than MARGIN."""
+    best = min(timings, key=timings.get)
+    if "aten" in timings and timings[best] > (1 - MARGIN) * timings["aten"]:
+        return "aten"
+    return best
+
+
+def probe(fmt: str, layers: list[nn.Module], measure: Measure = measure_candidates) -> dict[str, object]:
+    """Measure the candidates of `fmt` in every regime on `layers`; returns {"kernels": {regime: name},
+    "timings": {regime: {name: seconds}}}."""
+    kernels, timings = {}, {}
+    for regime_name in REGIMES:
+        names = candidates(fmt, regime_name)
+        if len(names) == 1:
+            kernels[regime_name] = names[0]
+            continue
+        timings[regime_name] = measure(fmt, probe_sample(layers, regime_name), regime_name, names)
+        kernels[regime_name] = pick(timings[regime_name])
+    return {"kernels": kernels, "timings": timings}
+
+
+def resolve_choice(choice: Union[str, bool, None]) -> str:
+    """`cpu_kernels=` / BIOGPT_CPU_KERNELS to one of CHOICES: None reads the setting, True = auto, False = aten."""
+    if choice is None:
+        return Settings.from_env().cpu_kernels
+    if isinstance(choice, bool):
+        return "auto" if choice else "aten"
+    value = str(choice).strip().lower()
+    if value not in CHOICES:
+        raise ConfigError(f"cpu_kernels={choice!r}: use one of {', '.join(CHOICES)}.")
+    return value
+
+
+def plan_kernels(layers: list[nn.Module], choice: str, cache_file: Optional[Path] = None,
+                 measure: Measure = measure_candidates) -> dict[str, dict[str, str]]:
+    """{format: {regime: kernel}} for `layers` under `choice` (see `resolve_choice`), probing where needed."""
+    by_format: dict[str, list[nn.Module]] = {}
+    for layer in layers:
+        by_format.setdefault(weight_format(layer), []).append(layer)
+    plans = {}
+    if choice not in ("auto", "probe"):
+        for fmt in by_format:
+            plans[fmt] = {r: (choice if choice in candidates(fmt, r) else "aten") for r in REGIMES}
+        return plans
+    path = cache_file or Settings.from_env().kernel_cache
+    entries = _read_cache(path)
+    changed = False
+    for fmt, group in by_format.items():
+        if sum(layer.weight.numel() * layer.weight.element_size() for layer in group) < PROBE_MIN_BYTES:
+            plans[fmt] = dict.fromkeys(REGIMES, "aten")
+            continue
+        key = _cache_key(fmt, group)
+        entry = entries.get(key) if choice == "auto" else None
+        if entry is None or set(entry.get("kernels", {})) != set(REGIMES) or _measured_busy(entry):
+            start = time.perf_counter()
+            entry = probe(fmt, group, measure)
+            entry["probe_seconds"] = round(time.perf_counter() - start, 3)
+            entry["measured"] = datetime.datetime.now().isoformat(timespec="seconds")
+            entry["load_per_core"] = load_per_core()
+            logger.info("CPU kernels for %s: %s (probe %.2f s)", fmt, entry["kernels"], entry["probe_seconds"])
+            entries[key] = entry
+            changed = True
+        plans[fmt] = dict(entry["kernels"])
+    if changed:
+        _write_cache(path, entries)
+    return plans
+
+
+def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, cache_file: Optional[Path] = None,
+                      measure: Measure = measure_candidates) -> dict[str, dict[str, str]]:
+    """Give the model's CPU linears (decoder + output head) the kernels of `choice`; returns the plan used.
+
+    Float `nn.Linear` layers become `CpuLinear` unless every regime of their format is `aten`.
+    """
+    choice = resolve_choice(choice)
+    layers = cpu_linears(model)
+    plans = plan_kernels([module for _, module in layers], choice, cache_file, measure)
+    for _, module in layers:
+        kernels = plans[weight_format(module)]
+        if isinstance(module, _QuantizedLinear):
+            module.kernels = dict(kernels)
+        elif all(k == "aten" for k in kernels.values()):
+            _to_plain(module)
+        else:
+            module.__class__ = CpuLinear
+            module.kernels = dict(kernels)
+    model.cpu_kernel_plan = plans
+    return plans
+
+
+def _to_plain(module: nn.Module) -> None:
+    if type(module) is CpuLinear:
+        module.__class__ = nn.Linear
+    module.__dict__.pop("_packed", None)
+    module.__dict__.pop("kernels", None)
 
 
 def remove_cpu_kernels(model: nn.Module) -> None:
-    """Undo `apply_cpu_kernels` (plain `nn.Linear` everywhere)."""
-    for module in _decoder_linears(model):
-        if type(module) is OneDnnLinear:
-            module.__class__ = nn.Linear
-            module.__dict__.pop("_packed", None)
+    """Undo `apply_cpu_kernels`: plain `nn.Linear` everywhere, the ATen kernels for quantized layers."""
+    for _, module in cpu_linears(model):
+        if isinstance(module, _QuantizedLinear):
+            module.kernels = dict.fromkeys(REGIMES, "aten")
+        else:
+            _to_plain(module)
+    model.__dict__.pop("cpu_kernel_plan", None)

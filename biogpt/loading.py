@@ -30,7 +30,7 @@ from .generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import ProgressCallback, list_files, resolve_file
 from .kernels import apply_cpu_kernels
 from .quantization import make_quantizer
-from .settings import Settings, parse_bytes
+from .settings import parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
                attn_implementation: Optional[str] = None, quantization_config: Any = None,
                ignore_mismatched_sizes: bool = False, trust_remote_code: bool = False,
                progress: Optional[ProgressCallback] = None, low_cpu_mem_usage: bool = True,
-               use_safetensors: Optional[bool] = None, cpu_kernels: Optional[bool] = None,
+               use_safetensors: Optional[bool] = None, cpu_kernels: Union[bool, str, None] = None,
                random_heads: bool = True, **config_overrides: Any):
     """Build `cls` from a checkpoint: Hub repo id, local directory, single weights file, or a directory of one of
     Microsoft's fine-tuned fairseq checkpoints (converted once into BIOGPT_FAIRSEQ_CACHE_DIR, see `fairseq.py`).
@@ -186,7 +186,8 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
     float16 on the CPU becomes float32 with a warning. device_map: None (CPU), 'auto' (accelerate places layers on
     the GPUs and spills to the CPU; on a machine without CUDA everything goes to the CPU), a device string/index,
     or a {module prefix: device} dict. `device=` is accepted as a shorthand for a single device.
-    cpu_kernels: route a CPU model's linears through the kernels of `kernels.py` (None: BIOGPT_ONEDNN decides).
+    cpu_kernels: the CPU kernels of the linear layers (`kernels.py`): None = BIOGPT_CPU_KERNELS, True = "auto" (the
+    cached per-machine probe), False = "aten" (plain PyTorch), or a name of `kernels.CHOICES`.
     random_heads: a task head the checkpoint lacks starts from random values with a warning, as in transformers (the
     start of fine-tuning); False refuses such a checkpoint with a `CheckpointError` (what an app serving outputs
     wants: a random head's entities or labels are noise).
@@ -234,8 +235,8 @@ def load_model(cls, source: Union[str, os.PathLike], *model_args: Any, config: O
     model.eval()
     model._check_backend()
     on_cpu = all(device.type == "cpu" for device in plan.values())
-    if on_cpu and quantizer is None and (cpu_kernels if cpu_kernels is not None else Settings.from_env().onednn):
-        apply_cpu_kernels(model)
+    if on_cpu:
+        apply_cpu_kernels(model, cpu_kernels)
     if hasattr(model, "generate"):  # causal LMs honour the checkpoint's generation_config.json
         generation_file = resolve_file(source, GENERATION_CONFIG_NAME, **hub, required=False)
         model.generation_config = (GenerationConfig.from_pretrained(generation_file) if generation_file

@@ -25,12 +25,15 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
-from . import catalog
+from . import access, catalog
+from .configuration import BioGptConfig
 from .devices import ATTENTION_BACKENDS, COMPUTE_DTYPES, DTYPES, on_gpu, resolve_device, resolve_dtype
 from .errors import BioGptError, CheckpointError, ConfigError, DeviceError
-from .hub import ProgressCallback, is_local
+from .fairseq import convert_into_cache, is_fairseq_checkpoint_dir
+from .hub import DownloadGuard, ProgressCallback, is_local
 from .modeling import BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification
-from .quantization import BitsAndBytesConfig, quantization_unavailable_reason
+from .quantization import (CPU_QUANTIZATION, BitsAndBytesConfig, cpu_quantization_config,
+                           quantization_unavailable_reason)
 from .serving import ModelServer
 from .settings import Settings
 from .tokenization import BioGptTokenizer
@@ -40,7 +43,7 @@ logger = logging.getLogger(__name__)
 MODEL_CLASSES = {"causal-lm": BioGptForCausalLM, "token-classification": BioGptForTokenClassification,
                  "sequence-classification": BioGptForSequenceClassification}
 TASKS = tuple(MODEL_CLASSES)
-QUANTIZATION = (None, "4bit", "8bit")
+QUANTIZATION = (None, "4bit", "8bit") + CPU_QUANTIZATION
 
 
 class ModelInUseError(BioGptError, RuntimeError):
@@ -58,6 +61,8 @@ class ModelSpec:
     (CUDA, else MPS, else CPU; "cuda" becomes "cuda:0"), `dtype="auto"` becomes bfloat16 (float16 where bf16 is
     unsupported) on a GPU, float16 on MPS and float32 on the CPU; float16 on the CPU becomes float32 with a
     warning. `source` is a catalog name (`demo`, `microsoft/biogpt`, ...), any Hub repo id or a local path.
+    `quantization`: None, "4bit" / "8bit" (bitsandbytes), or "int8" / "int4" (weight-only on the CPU,
+    `quantization.cpu_quantization_config`: device "auto" then means the CPU, dtype "auto" bfloat16).
     """
 
     source: str
@@ -77,11 +82,17 @@ class ModelSpec:
                                      ("quantization", quantization, QUANTIZATION)):
             if value not in allowed:
                 raise ConfigError(f"ModelSpec.{name} must be one of {', '.join(map(str, allowed))}; got {value!r}.")
-        device = resolve_device(str(self.device))
+        on_cpu_only = quantization in CPU_QUANTIZATION
+        if on_cpu_only and str(self.device) not in ("auto", "cpu"):
+            raise ConfigError(f"ModelSpec.quantization={quantization!r} runs on the CPU (PyTorch's weight-only "
+                              "kernels); choose device='cpu', or 4bit/8bit (bitsandbytes) on a GPU.")
+        device = resolve_device("cpu" if on_cpu_only else str(self.device))
+        # int8/int4 compute in bfloat16 by default: their CPU kernels are several times slower in float32.
+        dtype = "bfloat16" if on_cpu_only and self.dtype == "auto" else self.dtype
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "quantization", quantization)
         object.__setattr__(self, "device", device)
-        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, device))
+        object.__setattr__(self, "dtype", resolve_dtype(dtype, device))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -116,7 +127,11 @@ class ModelManager:
     def __init__(self, max_models: Optional[int] = 2, memory_budget_bytes: Optional[int] = None,
                  gpu_memory_budget_bytes: Optional[int] = None, cache_dir: Union[str, os.PathLike, None] = None,
                  loader: Optional[Loader] = None, allow_local_paths: bool = True,
-                 local_roots: tuple[Union[str, os.PathLike], ...] = (), settings: Optional[Settings] = None):
+                 local_roots: tuple[Union[str, os.PathLike], ...] = (), settings: Optional[Settings] = None,
+                 allowed_models: Optional[tuple[str, ...]] = None, max_model_bytes: Optional[int] = None,
+                 disk_budget_bytes: Optional[int] = None, model_bytes_source: str = "BIOGPT_MAX_MODEL_BYTES"):
+        """`allowed_models`: Hub ids / fnmatch patterns users may load (None: any; see `biogpt.access`);
+        `max_model_bytes` / `disk_budget_bytes`: the bounds of Hub downloads (`biogpt.hub.DownloadGuard`)."""
         if max_models is not None and max_models < 1:
             raise ConfigError(f"max_models must be >= 1 or None; got {max_models}.")
         self.max_models = max_models
@@ -125,6 +140,8 @@ class ModelManager:
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.allow_local_paths = allow_local_paths
         self.local_roots = tuple(Path(os.path.expanduser(str(r))).resolve() for r in local_roots)
+        self.allowed_models = allowed_models
+        self.downloads = DownloadGuard(max_model_bytes, disk_budget_bytes, self.cache_dir, model_bytes_source)
         self.settings = settings or Settings()  # what the model servers use (batch size, request caps)
         self._loader = loader or self._default_loader
         self._lock = threading.RLock()
@@ -136,10 +153,14 @@ class ModelManager:
 
     @classmethod
     def from_settings(cls, settings: Settings, loader: Optional[Loader] = None) -> "ModelManager":
+        """A manager with the deployment's limits, access rules included (they depend on `settings.exposure()`)."""
+        max_model_bytes, model_bytes_source = access.download_limit(settings)
         return cls(max_models=settings.max_models, memory_budget_bytes=settings.memory_budget,
                    gpu_memory_budget_bytes=settings.gpu_memory_budget, cache_dir=settings.cache_dir,
                    loader=loader, allow_local_paths=settings.local_paths_allowed, local_roots=settings.local_roots,
-                   settings=settings)
+                   settings=settings, allowed_models=access.allowed_models(settings),
+                   max_model_bytes=max_model_bytes, disk_budget_bytes=settings.disk_budget,
+                   model_bytes_source=model_bytes_source)
 
     # -- public API ------------------------------------------------------------------------------------------
     def get(self, spec: ModelSpec, progress: Optional[ProgressCallback] = None) -> LoadedModel:
@@ -190,6 +211,15 @@ class ModelManager:
         self._release_memory(None)
         return left
 
+    def config(self, spec: ModelSpec) -> BioGptConfig:
+        """The configuration of the checkpoint `spec` names, read without loading its weights (so a UI can show a
+        classifier's labels before it runs); the same checks as a load apply to where it comes from."""
+        with self._lock:
+            loaded = self._models.get(spec)
+        if loaded is not None:
+            return loaded.model.config
+        return BioGptConfig.from_pretrained(self.resolve_source(spec), cache_dir=self.cache_dir)
+
     def loaded(self, spec: ModelSpec) -> bool:
         with self._lock:
             return spec in self._models
@@ -206,12 +236,17 @@ class ModelManager:
     def resolve_source(self, spec: ModelSpec) -> str:
         """What to load for `spec.source`: the demo directory for `demo`, a checked local path, or the Hub id.
 
-        Local paths must be allowed (`allow_local_paths`) and, when `local_roots` is set, lie inside one of them
-        after resolving `..` and symlinks.
+        Hub ids must match `allowed_models`. Local paths must be allowed (`allow_local_paths`), exist and, when
+        `local_roots` is set, lie inside one of them after resolving `..` and symlinks; messages name the path as
+        given, never its resolved form.
         """
         if spec.source == catalog.DEMO:
             return str(catalog.demo_path(spec.task, self.settings))
+        entry = catalog.CATALOG.get(spec.source)
+        if entry is not None and entry.release:  # a deployment's own folder: allowed even when local paths are off
+            return str(catalog.release_path(spec.source, self.settings))
         if not is_local(spec.source):
+            access.check_model(spec.source, self.allowed_models)
             return spec.source
         if not self.allow_local_paths:
             raise CheckpointError(f"Local paths are disabled on this server ({spec.source!r}); choose a catalog "
@@ -221,6 +256,8 @@ class ModelManager:
             roots = ", ".join(str(r) for r in self.local_roots)
             raise CheckpointError(f"{spec.source!r} is outside the directories models may be loaded from ({roots}); "
                                   "set BIOGPT_LOCAL_ROOTS to allow another directory.")
+        if not path.exists():
+            raise CheckpointError(f"No such file or directory: {spec.source!r}.")
         return str(path)
 
     # -- internals -------------------------------------------------------------------------------------------
@@ -269,8 +306,11 @@ class ModelManager:
     def _load(self, spec: ModelSpec, progress: Optional[ProgressCallback]) -> LoadedModel:
         source = self.resolve_source(spec)
         started = time.perf_counter()
+        # A Hub id's download is bounded and cleaned up after a failure; local directories need neither.
+        downloading = self.downloads.guard(source) if not is_local(source) else contextlib.nullcontext()
         try:
-            model, tokenizer = self._loader(spec, source, progress)
+            with downloading:
+                model, tokenizer = self._loader(spec, source, progress)
         except torch.cuda.OutOfMemoryError:
             self._release_memory(spec.device)
             raise DeviceError(f"Out of GPU memory while loading {spec.source} on {spec.device}: unload other models, "
@@ -340,7 +380,9 @@ class ModelManager:
     def _default_loader(self, spec: ModelSpec, source: str,
                         progress: Optional[ProgressCallback]) -> tuple[Any, Any]:
         quantization_config = None
-        if spec.quantization is not None:
+        if spec.quantization in CPU_QUANTIZATION:
+            quantization_config = cpu_quantization_config(spec.quantization)
+        elif spec.quantization is not None:
             bits = 4 if spec.quantization == "4bit" else 8
             reason = quantization_unavailable_reason(spec.device, bits)
             if reason:
@@ -349,11 +391,13 @@ class ModelManager:
                                                       bnb_4bit_compute_dtype=spec.torch_dtype,
                                                       bnb_4bit_use_double_quant=True)
                                    if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+        if is_fairseq_checkpoint_dir(source):  # one of Microsoft's fine-tuned releases: its converted copy, once
+            source = str(convert_into_cache(source))
         # The model first: its download is the one worth a progress bar, and its errors are the informative ones.
         model = MODEL_CLASSES[spec.task].from_pretrained(
             source, torch_dtype=spec.torch_dtype, device=spec.device, attn_implementation=spec.attn_implementation,
             quantization_config=quantization_config, cache_dir=self.cache_dir, progress=progress,
-            cpu_kernels=self.settings.onednn, random_heads=False)  # an app shows outputs: never a random head's
+            cpu_kernels=self.settings.cpu_kernels, random_heads=False)  # an app shows outputs: never a random head's
         tokenizer = BioGptTokenizer.from_pretrained(source, cache_dir=self.cache_dir)
         return model, tokenizer
 

@@ -37,11 +37,14 @@ class TextGenerationPipeline:
         self.model = model
         self.tokenizer = tokenizer
 
-    def _generation_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _generation_kwargs(self, kwargs: dict[str, Any], prompt_length: int) -> dict[str, Any]:
+        """The generation arguments: when nothing sets a length, the pipeline's default of 256 new tokens, or what
+        fits after the prompt (a default is not a request: no warning that it was cut)."""
         config = getattr(self.model, "generation_config", None) or GenerationConfig.from_model_config(self.model.config)
         if (kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None
                 and config.max_length is None and config.max_new_tokens is None):
-            kwargs["max_new_tokens"] = PIPELINE_DEFAULT_NEW_TOKENS
+            room = self.model.config.max_position_embeddings - prompt_length
+            kwargs["max_new_tokens"] = max(1, min(PIPELINE_DEFAULT_NEW_TOKENS, room))
         return {k: v for k, v in kwargs.items() if v is not None}
 
     def __call__(self, text_inputs: Union[str, list[str]], *, max_length: Optional[int] = None,
@@ -63,7 +66,7 @@ class TextGenerationPipeline:
              **kwargs: Any) -> list[dict[str, str]]:
         prompt_ids = self.tokenizer(text, return_tensors="pt")["input_ids"].to(self.model.device)
         result = generate(self.model, prompt_ids, truncate_prompt=bool(truncation), return_dict_in_generate=True,
-                          **self._generation_kwargs(kwargs))
+                          **self._generation_kwargs(kwargs, prompt_ids.shape[1]))
         used_prompt = result.sequences[0, :result.prompt_length].tolist()
         outputs = []
         for sequence in result.sequences:
@@ -73,7 +76,8 @@ class TextGenerationPipeline:
 
     def stream(self, text: str, **kwargs: Any) -> Iterator[StreamDelta]:
         """Deltas of the continuation of `text` (see `stream_generate`)."""
-        return stream_generate(self.model, self.tokenizer, text, **self._generation_kwargs(kwargs))
+        prompt_length = len(self.tokenizer(text)["input_ids"])
+        return stream_generate(self.model, self.tokenizer, text, **self._generation_kwargs(kwargs, prompt_length))
 
 
 class TokenClassificationPipeline:

@@ -1,16 +1,22 @@
-"""bitsandbytes 4-bit / 8-bit quantization, applied while a checkpoint streams in.
+"""Quantization applied while a checkpoint streams in: bitsandbytes 4-bit / 8-bit (`BitsAndBytesConfig`, CUDA and
+CPU), and weight-only int8 / int4 on the CPU with PyTorch's own kernels (`TorchAoConfig`, transformers' name).
 
-`loading.load_model` drives a `BnbQuantizer` through four calls:
+`loading.load_model` drives a quantizer through four calls:
 
 1. `prepare(model)` on the meta-device model: the decoder's linear layers (q/k/v/out_proj, fc1, fc2) become
-   `bnb.nn.Linear4bit` / `bnb.nn.Linear8bitLt`, still on meta, so nothing is allocated yet;
+   `bnb.nn.Linear4bit` / `bnb.nn.Linear8bitLt`, or `kernels.Int8Linear` / `kernels.Int4Linear`, still on meta,
+   so nothing is allocated yet;
 2. `handles(name)` / `load(model, name, tensor, device)` for each checkpoint tensor: the weight of a quantized layer
    is quantized the moment it arrives, so the full-precision copy of only one matrix is alive at a time (biases
    and everything else are assigned normally, in the compute dtype);
-3. `finalize(model)` records the config on the model (`model.is_quantized` then becomes True).
+3. `finalize(model)` records the config on the model (`model.is_quantized` then becomes True); for
+   `TorchAoConfig(..., include_input_output_embeddings=True)` it also quantizes the output head.
 
-Both 4-bit and 8-bit run on the CPU with bitsandbytes >= 0.48 (its CPU backend; 8-bit matmuls cast their inputs
-to float16, which bitsandbytes warns about), as well as on CUDA. A quantized model cannot be saved.
+Both bitsandbytes modes run on the CPU with bitsandbytes >= 0.48 (its CPU backend; 8-bit matmuls cast their
+inputs to float16, which bitsandbytes warns about), as well as on CUDA. `TorchAoConfig` needs no extra package:
+`torch.ops.aten._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` ship with PyTorch (torchao's int4 CPU
+layout is built on the same int4 kernel; torchao is not a dependency); it runs on the CPU only (on a GPU use
+`BitsAndBytesConfig`). A quantized model cannot be saved.
 
 What stays unquantized, as transformers does: embeddings, LayerNorms and the task heads (LM head tied to the
 embeddings, token classifier, sequence score). transformers skips the tied/output embeddings and the module of the
@@ -22,6 +28,7 @@ parameter is a bias).
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -31,6 +38,7 @@ from torch import nn
 
 from .devices import DTYPES, dtype_name, resolve_device
 from .errors import ConfigError, DeviceError
+from .kernels import INT4_GROUP_SIZES, Int4Linear, Int8Linear, int4_shape_error
 
 _QUANT_TYPES = ("nf4", "fp4")
 _STORAGE_DTYPES = ("uint8", "int8", "float16", "bfloat16", "float32")
@@ -38,6 +46,7 @@ _COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 # Linear layers inside the decoder blocks; everything else keeps the compute dtype.
 _QUANTIZABLE = re.compile(r"^(?:biogpt\.)?layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|fc1|fc2)$")
 _INSTALL_HINT = "pip install 'bitsandbytes>=0.45' (or pip install 'biogpt[quantization]')"
+logger = logging.getLogger(__name__)
 
 
 def _as_dtype(value: Union[str, torch.dtype, None], field_name: str) -> Optional[torch.dtype]:
@@ -157,20 +166,24 @@ def quantization_unavailable_reason(device: Union[str, torch.device] = "cpu", bi
     return None
 
 
-def _as_config(value: Any) -> BitsAndBytesConfig:
-    if isinstance(value, BitsAndBytesConfig):
+def _as_config(value: Any) -> Union[BitsAndBytesConfig, "TorchAoConfig"]:
+    if isinstance(value, (BitsAndBytesConfig, TorchAoConfig)):
         return value
+    if not isinstance(value, dict) and hasattr(value, "to_dict"):  # e.g. transformers' configs: same field names
+        value = value.to_dict()
     if isinstance(value, dict):
+        if value.get("quant_method") == "torchao":
+            return TorchAoConfig.from_dict(value)
         return BitsAndBytesConfig.from_dict(value)
-    if hasattr(value, "to_dict"):  # e.g. a transformers.BitsAndBytesConfig: same field names
-        return BitsAndBytesConfig.from_dict(value.to_dict())
-    raise ConfigError(f"quantization_config must be a biogpt.BitsAndBytesConfig or a dict of its fields; "
-                      f"got {type(value).__name__}.")
+    raise ConfigError(f"quantization_config must be a biogpt.BitsAndBytesConfig, a biogpt.TorchAoConfig or a dict "
+                      f"of their fields; got {type(value).__name__}.")
 
 
-def make_quantizer(quantization_config: Any, compute_dtype: torch.dtype) -> "BnbQuantizer":
+def make_quantizer(quantization_config: Any, compute_dtype: torch.dtype) -> Union["BnbQuantizer", "TorchAoQuantizer"]:
     """The quantizer `loading.load_model` drives; raises `DeviceError` when bitsandbytes cannot be used."""
     config = _as_config(quantization_config)
+    if isinstance(config, TorchAoConfig):
+        return TorchAoQuantizer(config, compute_dtype)
     return BnbQuantizer(config, _import_bnb(), compute_dtype)
 
 
@@ -236,3 +249,188 @@ class BnbQuantizer:
     def finalize(self, model: nn.Module) -> None:
         model.quantization_config = self.config
         model.config.quantization_config = self.config.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weight-only int8 / int4 on the CPU (transformers' TorchAoConfig names, PyTorch's own kernels)
+# ----------------------------------------------------------------------------------------------------------------
+TORCHAO_TYPES = ("int8_weight_only", "int4_weight_only")
+# torchao's config classes (transformers >= 5 takes those objects instead of strings), read by name and fields
+# so that torchao itself is never imported.
+_TORCHAO_CLASSES = {"Int8WeightOnlyConfig": "int8_weight_only", "Int4WeightOnlyConfig": "int4_weight_only"}
+
+
+@dataclass(init=False)
+class TorchAoConfig:
+    """Weight-only int8 or int4 on the CPU, with `transformers.TorchAoConfig`'s names.
+
+    `TorchAoConfig("int8_weight_only")`: int8 weights, one scale per output channel (symmetric).
+    `TorchAoConfig("int4_weight_only", group_size=128)`: 4-bit weights, a scale and a zero per group of
+    `group_size` input channels (32, 64, 128 or 256; torchao's default 128).
+    torchao's config objects are accepted too (`TorchAoConfig(Int4WeightOnlyConfig(group_size=32))`, the
+    transformers >= 5 spelling), read by class name without importing torchao.
+
+    `modules_to_not_convert`: module names (or their last components, e.g. "fc2") kept in full precision.
+    `include_input_output_embeddings=True` also quantizes the output head (the LM head, tied to the token
+    embeddings: it is read in full at every step, 12% of the weights of microsoft/biogpt); the input embedding
+    stays in the compute dtype here (a lookup reads one row per token, so quantizing it saves memory, not time).
+    `untie_embedding_weights` is accepted for compatibility (the head is always quantized as its own copy).
+    Compute in bfloat16 (`torch_dtype=torch.bfloat16`): the kernels are several times faster there than in float32.
+    """
+
+    quant_type: str
+    modules_to_not_convert: Optional[list[str]]
+    include_input_output_embeddings: bool
+    untie_embedding_weights: bool
+    quant_type_kwargs: dict[str, Any]
+
+    def __init__(self, quant_type: Any, modules_to_not_convert: Optional[list[str]] = None,
+                 include_input_output_embeddings: bool = False, untie_embedding_weights: bool = False,
+                 **kwargs: Any):
+        if type(quant_type).__name__ in _TORCHAO_CLASSES:
+            kwargs = {**({"group_size": quant_type.group_size} if hasattr(quant_type, "group_size") else {}),
+                      **kwargs}
+            quant_type = _TORCHAO_CLASSES[type(quant_type).__name__]
+        if quant_type not in TORCHAO_TYPES:
+            raise ConfigError(f"TorchAoConfig: quant_type must be one of {', '.join(TORCHAO_TYPES)} (or torchao's "
+                              f"Int8WeightOnlyConfig / Int4WeightOnlyConfig); got {quant_type!r}.")
+        self.quant_type = quant_type
+        self.modules_to_not_convert = modules_to_not_convert
+        self.include_input_output_embeddings = include_input_output_embeddings
+        self.untie_embedding_weights = untie_embedding_weights
+        self.quant_type_kwargs = dict(kwargs.pop("quant_type_kwargs", None) or {}, **kwargs)
+        if quant_type == "int4_weight_only":
+            self.quant_type_kwargs.setdefault("group_size", 128)
+            if self.quant_type_kwargs["group_size"] not in INT4_GROUP_SIZES:
+                raise ConfigError(f"TorchAoConfig: group_size must be one of {', '.join(map(str, INT4_GROUP_SIZES))};"
+                                  f" got {self.quant_type_kwargs['group_size']!r}.")
+        elif self.quant_type_kwargs.get("group_size") is not None:
+            raise ConfigError("TorchAoConfig('int8_weight_only') quantizes per output channel: it takes no group_size.")
+        self.quant_type_kwargs = {k: v for k, v in self.quant_type_kwargs.items() if v is not None}
+        unknown = set(self.quant_type_kwargs) - {"group_size"}
+        if unknown:
+            raise ConfigError(f"TorchAoConfig: unsupported option(s) {', '.join(sorted(unknown))} for {quant_type}.")
+        skip = modules_to_not_convert
+        if skip is not None and (isinstance(skip, str) or not all(isinstance(s, str) for s in skip)):
+            raise ConfigError(f"TorchAoConfig.modules_to_not_convert must be a list of module names; got {skip!r}.")
+        for name in ("include_input_output_embeddings", "untie_embedding_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"TorchAoConfig.{name} must be a bool; got {getattr(self, name)!r}.")
+
+    @property
+    def bits(self) -> int:
+        return 4 if self.quant_type == "int4_weight_only" else 8
+
+    @property
+    def group_size(self) -> Optional[int]:
+        return self.quant_type_kwargs.get("group_size")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TorchAoConfig":
+        """transformers 4.x's layout (quant_type a name, options in quant_type_kwargs) or 5.x's
+        (quant_type = {"default": {"_type": "Int4WeightOnlyConfig", "_data": {"group_size": ...}}})."""
+        values = dict(values)
+        values.pop("quant_method", None)
+        quant_type = values.pop("quant_type", None)
+        if isinstance(quant_type, dict):
+            inner = quant_type.get("default", {})
+            name = inner.get("_type") if isinstance(inner, dict) else None
+            if name not in _TORCHAO_CLASSES:
+                raise ConfigError(f"TorchAoConfig: unsupported torchao config {name!r} (supported: "
+                                  f"{', '.join(_TORCHAO_CLASSES)}).")
+            data = inner.get("_data") or {}
+            quant_type = _TORCHAO_CLASSES[name]
+            if quant_type == "int4_weight_only" and data.get("group_size") is not None:
+                values.setdefault("quant_type_kwargs", {})["group_size"] = data["group_size"]
+        known = {"modules_to_not_convert", "include_input_output_embeddings", "untie_embedding_weights",
+                 "quant_type_kwargs"}
+        return cls(quant_type, **{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, in transformers 4.x's layout."""
+        return {"quant_method": "torchao", "quant_type": self.quant_type,
+                "quant_type_kwargs": dict(self.quant_type_kwargs),
+                "modules_to_not_convert": self.modules_to_not_convert,
+                "include_input_output_embeddings": self.include_input_output_embeddings,
+                "untie_embedding_weights": self.untie_embedding_weights}
+
+
+class TorchAoQuantizer:
+    """Swaps the decoder's linears for `Int8Linear` / `Int4Linear` and quantizes each weight as it arrives."""
+
+    def __init__(self, config: TorchAoConfig, model_dtype: torch.dtype):
+        self.config = config
+        self.model_dtype = model_dtype
+        self.quantized: set[str] = set()
+
+    def _skipped(self, module_name: str) -> bool:
+        for pattern in self.config.modules_to_not_convert or ():
+            if module_name == pattern or module_name.startswith(pattern + ".") or module_name.endswith("." + pattern):
+                return True
+        return False
+
+    def _new_layer(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
+        if self.config.bits == 8:
+            return Int8Linear(in_features, out_features, bias, self.model_dtype)
+        return Int4Linear(in_features, out_features, bias, self.model_dtype, self.config.group_size)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Swap the decoder's nn.Linear modules for empty (meta) int8/int4 layers."""
+        targets = [name for name, module in model.named_modules()
+                   if type(module) is nn.Linear and _QUANTIZABLE.match(name) and not self._skipped(name)]
+        for name in targets:
+            old = model.get_submodule(name)
+            if self.config.bits == 4:
+                reason = int4_shape_error(old.out_features, old.in_features, self.config.group_size)
+                if reason:
+                    raise ConfigError(f"TorchAoConfig('int4_weight_only', group_size={self.config.group_size}) "
+                                      f"cannot quantize {name}: {reason}. Choose another group_size, or list the "
+                                      "layer in modules_to_not_convert.")
+            with torch.device("meta"):
+                new = self._new_layer(old.in_features, old.out_features, old.bias is not None)
+            model.set_submodule(name, new)
+            self.quantized.add(name)
+
+    def handles(self, name: str) -> bool:
+        owner, _, attr = name.rpartition(".")
+        return attr == "weight" and owner in self.quantized
+
+    def load(self, model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device) -> None:
+        """Quantize one weight on the CPU (the only device these kernels run on)."""
+        if torch.device(device).type != "cpu":
+            raise DeviceError(f"TorchAoConfig ({self.config.quant_type}) runs on the CPU only, but {name} is placed "
+                              f"on {device}. Load on the CPU, or use BitsAndBytesConfig on a GPU.")
+        model.get_submodule(name.rpartition(".")[0]).set_weight(tensor)
+
+    def finalize(self, model: nn.Module) -> None:
+        head = getattr(model, "output_projection", None)
+        if self.config.include_input_output_embeddings and type(head) is nn.Linear and not self._skipped(
+                "output_projection"):
+            reason = (int4_shape_error(head.out_features, head.in_features, self.config.group_size)
+                      if self.config.bits == 4 else None)
+            if reason:
+                logger.warning("The output head stays in %s: it cannot be quantized to int4 (%s).",
+                               dtype_name(self.model_dtype), reason)
+            else:
+                if self.config.bits == 8:
+                    new = Int8Linear.from_float(head.weight, head.bias, self.model_dtype)
+                else:
+                    new = Int4Linear.from_float(head.weight, head.bias, self.model_dtype, self.config.group_size)
+                model.output_projection = new
+                model.tied_weights = {}  # the head is its own (quantized) copy now: tie_weights must not undo it
+        model.quantization_config = self.config
+        model.config.quantization_config = self.config.to_dict()
+
+
+# The app's CPU precision choices (`manager.ModelSpec.quantization`) and the configs they load with.
+CPU_QUANTIZATION = ("int8", "int4")
+
+
+def cpu_quantization_config(name: str) -> TorchAoConfig:
+    """The `TorchAoConfig` behind ModelSpec's "int8" / "int4": the output head quantized too (a decode step reads it
+    in full), int4 in groups of 64 (the size measured in bench/RESULTS.md to keep perplexity near bf16)."""
+    if name == "int8":
+        return TorchAoConfig("int8_weight_only", include_input_output_embeddings=True)
+    if name == "int4":
+        return TorchAoConfig("int4_weight_only", group_size=64, include_input_output_embeddings=True)
+    raise ConfigError(f"CPU quantization must be one of {', '.join(CPU_QUANTIZATION)}; got {name!r}.")

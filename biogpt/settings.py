@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConfigError
 
+# BIOGPT_CPU_KERNELS: the probe's modes, then the kernels of `biogpt.kernels` a deployment may force.
+CPU_KERNEL_CHOICES = ("auto", "probe", "aten", "gemv", "onednn", "dequant")
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -54,6 +56,11 @@ def parse_bool(text: str, name: str) -> bool:
     raise ConfigError(f"{name}={text!r}: use 1/0, true/false, yes/no or on/off.")
 
 
+def parse_path(text: str, name: str) -> Path:
+    """A path; `~` is the user's home."""
+    return Path(os.path.expanduser(text.strip()))
+
+
 def parse_count(text: str, name: str) -> int:
     """A whole number >= 1."""
     value = text.strip()
@@ -71,6 +78,13 @@ def parse_port(text: str, name: str) -> int:
 
 def parse_text(text: str, name: str) -> str:
     return text.strip()
+
+
+def parse_choice(text: str, name: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={text!r}: use one of {', '.join(choices)}.")
+    return value
 
 
 def parse_list(text: str, name: str) -> tuple[str, ...]:
@@ -177,14 +191,14 @@ class Settings:
                                     default_doc="Hugging Face default")
     allow_local_paths: Optional[bool] = _var(
         "BIOGPT_ALLOW_LOCAL_PATHS", parse_bool, None, "whether users may type local paths",
-        default_doc="on (off on Spaces)")
+        default_doc="on (off when exposed)")
     local_roots: tuple[Path, ...] = _var("BIOGPT_LOCAL_ROOTS", parse_paths, (),
                                          "directories (os.pathsep-separated) local paths must lie in",
                                          default_doc="anywhere")
     allowed_models: tuple[str, ...] = _var(
         "BIOGPT_ALLOWED_MODELS", parse_list, (),
-        "Hub ids or fnmatch patterns (comma-separated) users may load besides the catalog; `*` = any",
-        default_doc="any; only the catalog, `demo` and `BIOGPT_MODEL` when exposed")
+        "Hub ids or fnmatch patterns (comma-separated) users may load besides the catalog, `demo` and "
+        "`BIOGPT_MODEL`; `*` = any", default_doc="any Hub id (when exposed: none beyond those)")
     max_model_bytes: Optional[int] = _var(
         "BIOGPT_MAX_MODEL_BYTES", parse_bytes, None,
         "weights a Hub download may have (read from the Hub's metadata before a byte is fetched)",
@@ -193,24 +207,35 @@ class Settings:
         "BIOGPT_DISK_BUDGET", parse_bytes, None,
         "bytes the Hugging Face cache may hold, downloads in progress included",
         default_doc="the free disk space")
+    finetuned_dir: Optional[Path] = _var(
+        "BIOGPT_FINETUNED_DIR", parse_path, None,
+        "the unpacked release of Microsoft's fine-tuned BioGPT models (its `checkpoints/` folder, with e.g. "
+        "`RE-BC5CDR-BioGPT/`): the catalog's relation, PubMedQA and HoC models load from there",
+        default_doc="unset (those catalog entries explain how to get them)")
     fairseq_vocab_dir: Optional[Path] = _var(
-        "BIOGPT_FAIRSEQ_VOCAB_DIR", lambda text, name: Path(os.path.expanduser(text.strip())), None,
+        "BIOGPT_FAIRSEQ_VOCAB_DIR", parse_path, None,
         "the released vocabularies (`base/` and `large/`, each dict.txt + bpecodes) for converting fairseq "
         "checkpoints that lack them", default_doc="downloaded once from the Hub's microsoft/biogpt and "
         "microsoft/BioGPT-Large")
     fairseq_cache_dir: Path = _var(
-        "BIOGPT_FAIRSEQ_CACHE_DIR", lambda text, name: Path(os.path.expanduser(text.strip())),
+        "BIOGPT_FAIRSEQ_CACHE_DIR", parse_path,
         Path(os.path.expanduser("~/.cache/biogpt/fairseq")),
         "where fairseq checkpoints loaded by path are converted to (once per checkpoint)",
         default_doc="`~/.cache/biogpt/fairseq`")
     demo_dir: Optional[Path] = _var(
-        "BIOGPT_DEMO_DIR", lambda text, name: Path(os.path.expanduser(text.strip())), None,
+        "BIOGPT_DEMO_DIR", parse_path, None,
         "where the bundled demo checkpoints are (`demo-lm`, `demo-ner`, `demo-classify`)",
         default_doc="the copy inside the `biogpt` package")
     # -- speed ------------------------------------------------------------------------------------------------
-    onednn: bool = _var("BIOGPT_ONEDNN", parse_bool, True,
-                        "CPU linears through oneDNN (both cores at batch 1); set `0` on a host whose cores are "
-                        "shared with other busy processes")
+    cpu_kernels: str = _var(
+        "BIOGPT_CPU_KERNELS", lambda text, name: parse_choice(text, name, CPU_KERNEL_CHOICES), "auto",
+        "CPU kernels of the linear layers: `auto` measures the candidates once per machine (cached), `probe` "
+        "measures again, `aten` is plain PyTorch, `gemv`, `onednn` or `dequant` force that kernel where it applies")
+    kernel_cache: Path = _var(
+        "BIOGPT_KERNEL_CACHE", parse_path,
+        Path(os.path.expanduser("~/.cache/biogpt/cpu-kernels.json")),
+        "where the CPU kernel probe keeps its choices (per CPU, torch version, threads and matrix shapes)",
+        default_doc="`~/.cache/biogpt/cpu-kernels.json`")
     # -- facts about the host (not BIOGPT_* variables) --------------------------------------------------------
     on_spaces: bool = False
     gradio_server_name: Optional[str] = None

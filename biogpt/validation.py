@@ -162,7 +162,8 @@ def parameters(settings: Optional[Settings] = None) -> dict[str, Parameter]:
         table[name] = replace(table[name], high=settings.max_new_tokens,
                               default=min(table[name].default, settings.max_new_tokens))
     for name in ("num_beams", "num_return_sequences"):
-        table[name] = replace(table[name], high=settings.max_beams, default=min(table[name].default, settings.max_beams))
+        table[name] = replace(table[name], high=settings.max_beams,
+                              default=min(table[name].default, settings.max_beams))
     return table
 
 

@@ -88,15 +88,39 @@ class Server:
     demo: Any  # the launched gr.Blocks; `demo.workbench` holds the manager
 
 
+@pytest.fixture(scope="session")
+def paper_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for the unpacked release of the paper's fine-tuned models (BIOGPT_FINETUNED_DIR): fairseq
+    checkpoints in the released layout, "scripted" to write a known answer to the example inputs of
+    tests/fairseq_fixtures.py (RE-BC5CDR-BioGPT, QA-PubMedQA-BioGPT, DC-HoC-BioGPT)."""
+    import fairseq_fixtures as ff
+    from biogpt.tasks.hoc import hoc_source
+    from biogpt.tasks.pubmedqa import pubmedqa_source
+    from biogpt.tasks.relations import title_abstract
+
+    root = tmp_path_factory.mktemp("release")
+    vocab = ff.task_vocab(tmp_path_factory.mktemp("release-bpe"))
+    cdr = title_abstract(ff.BC5CDR["title"], ff.BC5CDR["abstract"]).lower()
+    ff.scripted_task_checkpoint(root / "RE-BC5CDR-BioGPT", vocab, cdr, ff.BC5CDR["answer"], 9, "RE-BC5CDR-BioGPT")
+    question = pubmedqa_source(ff.PUBMEDQA["question"], ff.PUBMEDQA["context"])
+    ff.scripted_task_checkpoint(root / "QA-PubMedQA-BioGPT", vocab, question, ff.PUBMEDQA["answer"], 9,
+                                "QA-PubMedQA-BioGPT")
+    ff.scripted_task_checkpoint(root / "DC-HoC-BioGPT", vocab, hoc_source(ff.HOC["text"]), ff.HOC["answer"], 1,
+                                "DC-HoC-BioGPT")
+    return root
+
+
 @pytest.fixture(scope="module")
-def server(checkpoints: Checkpoints) -> Iterator[Server]:
-    """The real app on 127.0.0.1 (a free port) with a fresh manager; closed at the end of the module."""
+def server(checkpoints: Checkpoints, paper_release: Path) -> Iterator[Server]:
+    """The real app on 127.0.0.1 (a free port) with a fresh manager and the paper's (scripted) task models;
+    closed at the end of the module."""
     from app import build_app
     from biogpt.manager import ModelManager
     from biogpt.settings import Settings
 
-    settings = Settings(model=checkpoints.lm, preload=False, concurrency=2, max_new_tokens=64)
-    demo = build_app(manager=ModelManager(max_models=4), settings=settings)
+    settings = Settings(model=checkpoints.lm, preload=False, concurrency=2, max_new_tokens=64,
+                        finetuned_dir=paper_release)
+    demo = build_app(manager=ModelManager(max_models=4, settings=settings), settings=settings)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:

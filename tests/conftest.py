@@ -51,12 +51,15 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def caches_in_temporary_folders(tmp_path_factory):
-    """Tests write only to temporary folders: point the library's own caches (fairseq conversions) at one."""
-    name = "BIOGPT_FAIRSEQ_CACHE_DIR"
-    previous = os.environ.get(name)
-    os.environ[name] = str(tmp_path_factory.mktemp("fairseq-conversions"))
+    """Tests write only to temporary folders: point the library's own caches (fairseq conversions, the CPU kernel
+    probe's choices) at them."""
+    values = {"BIOGPT_FAIRSEQ_CACHE_DIR": str(tmp_path_factory.mktemp("fairseq-conversions")),
+              "BIOGPT_KERNEL_CACHE": str(tmp_path_factory.mktemp("cpu-kernels") / "cpu-kernels.json")}
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     yield
-    if previous is None:
-        del os.environ[name]
-    else:
-        os.environ[name] = previous
+    for name, value in previous.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value

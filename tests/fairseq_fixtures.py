@@ -232,3 +232,49 @@ def vocab_from_learned_bpe(learned_dir: Path) -> tuple[list[str], list[str]]:
     merges = [" ".join(line.split()[:2]) for line in (learned_dir / "merges.txt").read_text().splitlines()]
     return lines, merges
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# One scripted example per task (inputs whose answers the scripted checkpoints write)
+# ----------------------------------------------------------------------------------------------------------------
+BC5CDR = {"title": "Lithium carbonate toxicity in a newborn.",
+          "abstract": "Cyanosis was seen after lithium carbonate exposure.",
+          "answer": "the relation between lithium carbonate and cyanosis exists."}
+DDI = {"abstract": "Aspirin increases the effect of warfarin.\nAvoid aspirin with warfarin.",
+       "answer": "the interaction between aspirin and warfarin is effect."}
+KD_DTI = {"title": "Imatinib inhibits ABL1", "abstract": "Imatinib is a kinase inhibitor of ABL1 and KIT.",
+          "answer": "the interaction between imatinib and abl1 is inhibitor."}
+PUBMEDQA = {"question": "Does aspirin prevent stroke?", "context": ["Aspirin reduced stroke in trials."],
+            "answer": "the answer to the question given the context is yes."}
+HOC = {"text": "Tumor cells switch to glycolysis and grow new vessels .",
+       "answer": "the type of this document is cellular energetics|inducing angiogenesis."}
+
+
+def task_vocab(directory: Path) -> tuple[Path, list[str], list[str]]:
+    """A BPE vocabulary learned on the examples' texts (every word one token): (learned dir, dict.txt lines,
+    bpecodes merges)."""
+    from biogpt.bpe import learn_bpe
+    from biogpt.tasks.hoc import HOC_CLASSES
+
+    corpus = [BC5CDR["title"], BC5CDR["abstract"], DDI["abstract"], KD_DTI["title"], KD_DTI["abstract"],
+              PUBMEDQA["question"], "Does heparin prevent stroke?", " ".join(PUBMEDQA["context"]), HOC["text"],
+              "Normal cells switch to glycolysis and grow new vessels .", "question: context: yes no maybe",
+              BC5CDR["answer"], DDI["answer"], KD_DTI["answer"], PUBMEDQA["answer"], HOC["answer"], *HOC_CLASSES]
+    corpus += [text.lower() for text in corpus]
+    learn_bpe(corpus, num_merges=5000, out_dir=directory, min_frequency=1)
+    lines, merges = vocab_from_learned_bpe(directory)
+    return directory, lines, merges
+
+
+def scripted_task_checkpoint(directory: Path, vocab: tuple[Path, list[str], list[str]], source: str, answer: str,
+                             prompts: int, data: str) -> Path:
+    """A fairseq checkpoint directory (checkpoint.pt + dict.txt + bpecodes) whose model answers `answer` to the
+    task input built from `source` (the source text as the task builds it, e.g. lowercased)."""
+    from biogpt.tokenization import BioGptTokenizer
+
+    learned, lines, merges = vocab
+    tokenizer = BioGptTokenizer.from_pretrained(learned)
+    prefix_length = 1 + len(tokenizer(source, add_special_tokens=False)["input_ids"]) + prompts
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in answer_ids
+    return write_scripted_checkpoint(directory, lines, merges, prompts=prompts, prefix_length=prefix_length,
+                                     answer_ids=answer_ids, data=data)

@@ -20,6 +20,8 @@ from ui.handlers import Workbench
 
 GREEDY = dict(mode="greedy", temperature=0.8, top_p=0.95, top_k=50, repetition_penalty=1.0,
               no_repeat_ngram_size=0, num_beams=4, seed=-1)
+# How the stats line says that a run ended by itself (the model's end of text, or the token limit).
+ENDED = ("the model ended the text", "reached the token limit")
 TEXT = "Cisplatin-induced nephrotoxicity was observed in patients with ovarian cancer treated with amifostine."
 
 
@@ -54,7 +56,7 @@ def test_generation_streams_and_matches_a_non_streamed_greedy_run(bench: Workben
     expected = prompt + continuation_text(loaded.tokenizer, ids[0].tolist(), out[0, ids.shape[1]:].tolist())
     assert final == expected
     assert stats.startswith(f"{len(out[0]) - ids.shape[1]} tokens · ") and "tokens/s" in stats
-    assert "finished:" in stats and 'class="wb-conf"' in html_view
+    assert stats.endswith(ENDED) and 'class="wb-conf"' in html_view
 
 
 def test_stop_sets_the_event_and_the_forward_calls_stop(bench: Workbench, state: dict) -> None:
@@ -85,7 +87,7 @@ def test_stop_sets_the_event_and_the_forward_calls_stop(bench: Workbench, state:
         time.sleep(0.2)
         assert len(calls) <= calls_at_stop + 1, "the decoding loop kept calling the model after Stop"
         assert len(calls) < 150
-        assert updates[-1][2].endswith("finished: stopped")
+        assert updates[-1][2].endswith("stopped by you")
     finally:
         model.forward = original
     bench.stop(_request("nobody-running"))  # stopping an idle session is harmless
@@ -146,16 +148,39 @@ def test_zero_shot_with_pubmedqa_and_custom_labels(bench: Workbench, state: dict
 
 
 def test_a_bad_model_id_errors_and_the_previous_model_stays(bench: Workbench, state: dict) -> None:
-    new_state, status, _ = bench.load_model(state["source"], "sdpa", "auto", False, "auto", state, progress=None)
+    new_state, status, _ = bench.load_model(state["source"], "sdpa", "auto", "none", "auto", state, progress=None)
     assert "loaded in" in status
     with pytest.raises(gr.Error) as excinfo:
-        bench.load_model("not-a-real-owner/not-a-real-model", "sdpa", "auto", False, "auto", new_state,
+        bench.load_model("not-a-real-owner/not-a-real-model", "sdpa", "auto", "none", "auto", new_state,
                          progress=None)
     assert _error(excinfo).startswith("Could not load not-a-real-owner/not-a-real-model: ")
     assert bench.manager.loaded(bench.spec(new_state))
     assert "loaded in" in bench.status(new_state)
     updates = list(bench.generate("Aspirin inhibits", max_new_tokens=4, state=new_state, **GREEDY))
     assert updates[-1][0].startswith("Aspirin inhibits")
+
+
+def test_int8_and_int4_weights_from_the_panel(bench: Workbench, state: dict) -> None:
+    """The panel's CPU weight choices load PyTorch's weight-only kernels; the greedy text is the one a direct load
+    with TorchAoConfig gives (the library's int8/int4 are tested against dequantized references in test_cpu_quant)."""
+    from biogpt import BioGptForCausalLM, TorchAoConfig
+
+    # What the panel's choices stand for: the output head quantized too, int4 in groups of 64, bf16 activations.
+    for weights, config in (("int8", TorchAoConfig("int8_weight_only", include_input_output_embeddings=True)),
+                            ("int4", TorchAoConfig("int4_weight_only", group_size=64,
+                                                   include_input_output_embeddings=True))):
+        new_state, status, _ = bench.load_model(state["source"], "sdpa", "auto", weights, "auto", state,
+                                                progress=None)
+        assert new_state["quantization"] == weights and f"· {weights} · loaded in" in status
+        updates = list(bench.generate("Aspirin inhibits", max_new_tokens=8, state=new_state, **GREEDY))
+        loaded = bench.manager.get(bench.spec(new_state))
+        direct = BioGptForCausalLM.from_pretrained(loaded.source_path, quantization_config=config,
+                                                   torch_dtype="bfloat16")
+        ids = loaded.tokenizer("Aspirin inhibits", return_tensors="pt")["input_ids"]
+        expected = direct.generate(ids, max_new_tokens=8)[0, ids.shape[1]:].tolist()
+        assert updates[-1][0] == "Aspirin inhibits" + continuation_text(loaded.tokenizer, ids[0].tolist(), expected)
+    with pytest.raises(gr.Error, match="Weights must be one of none, 4bit, int8, int4"):
+        bench.load_model(state["source"], "sdpa", "auto", "int3", "auto", state, progress=None)
 
 
 @pytest.mark.parametrize("prompt, overrides, message", [
@@ -194,7 +219,7 @@ def test_entity_and_classify_validation_messages(bench: Workbench, state: dict, 
         bench.classify(TEXT, "zero-shot", "", "yes, no", "{question} then {context}", state)
     assert _error(excinfo) == "This template needs a question and a context: write 'Question: … Context: …'."
     with pytest.raises(gr.Error) as excinfo:
-        bench.load_model(state["source"], "sdpa", "fp64", False, "auto", state, progress=None)
+        bench.load_model(state["source"], "sdpa", "fp64", "none", "auto", state, progress=None)
     assert _error(excinfo).startswith("Precision must be one of auto, float32, bfloat16, float16")
 
 
@@ -245,7 +270,7 @@ def test_control_characters_are_removed_from_every_text(bench: Workbench, state:
 
 
 def test_the_model_source_is_cleaned_and_capped(bench: Workbench, state: dict) -> None:
-    new_state, status, _ = bench.load_model("\x00" + state["source"] + "\x1b\n", "sdpa", "auto", False, "auto",
+    new_state, status, _ = bench.load_model("\x00" + state["source"] + "\x1b\n", "sdpa", "auto", "none", "auto",
                                             state, progress=None)
     assert new_state["source"] == state["source"] and "loaded in" in status
     for source, message in (
@@ -256,7 +281,7 @@ def test_the_model_source_is_cleaned_and_capped(bench: Workbench, state: dict) -
             ("  ", "The model is empty: pick one from the list or type a Hub id or a local path."),
             (None, "The model is empty: pick one from the list or type a Hub id or a local path.")):
         with pytest.raises(gr.Error) as excinfo:
-            bench.load_model(source, "sdpa", "auto", False, "auto", new_state, progress=None)
+            bench.load_model(source, "sdpa", "auto", "none", "auto", new_state, progress=None)
         assert _error(excinfo) == message
     assert bench.manager.loaded(bench.spec(new_state))
 
@@ -321,7 +346,7 @@ def test_the_ui_asks_the_library_about_devices_and_has_no_tensor_code(bench: Wor
     assert devices.attention_unavailable_reason("sdpa") is None
     monkeypatch.setattr("ui.handlers.attention_unavailable_reason", lambda *a: "no flash here")
     with pytest.raises(gr.Error) as excinfo:
-        bench.load_model(state["source"], "flash_attention_2", "auto", False, "auto", state, progress=None)
+        bench.load_model(state["source"], "flash_attention_2", "auto", "none", "auto", state, progress=None)
     assert _error(excinfo) == "flash_attention_2 is unavailable: no flash here. Choose sdpa or eager."
 
 
@@ -382,7 +407,7 @@ def test_concurrent_generations_are_batched_and_equal_solo_runs(bench: Workbench
     finally:
         undo()
     assert [updates[-1][0] for updates in results] == solo_texts
-    assert all("finished:" in updates[-1][2] and "stopped" not in updates[-1][2] for updates in results)
+    assert all(updates[-1][2].endswith(ENDED) for updates in results)
     assert batched_forwards < solo_forwards, "the two requests were not decoded in shared forwards"
 
 
@@ -398,7 +423,7 @@ def test_stop_and_a_closed_client_stop_the_engine(bench: Workbench, state: dict)
         updates = [next(run) for _ in range(3)]
         bench.stop(_request("engine-stop"))
         updates.extend(run)
-        assert updates[-1][2].endswith("finished: stopped")
+        assert updates[-1][2].endswith("stopped by you")
         assert _wait(lambda: engine.active_count == 0)
         frozen = engine.forward_count
         time.sleep(0.2)
@@ -423,7 +448,7 @@ def test_beam_search_bypasses_the_engine(bench: Workbench, state: dict) -> None:
     before = engine.forward_count, engine.prefill_count
     updates = list(bench.generate("COVID-19 is", state=state, **dict(GREEDY, mode="beam", num_beams=3,
                                                                       max_new_tokens=8)))
-    assert updates[-1][0].startswith("COVID-19 is") and "finished:" in updates[-1][2]
+    assert updates[-1][0].startswith("COVID-19 is") and updates[-1][2].endswith(ENDED)
     assert (engine.forward_count, engine.prefill_count) == before
 
 

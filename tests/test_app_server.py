@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
+from app_fixtures import Checkpoints, Server, checkpoints, paper_release, server  # noqa: F401  (fixtures)
 
 GREEDY = ("greedy", 24, 0.8, 0.95, 50, 1.0, 0, 4, -1)  # mode, max new tokens, temperature, top-p, top-k, ...
 
@@ -17,11 +17,13 @@ def client(server: Server) -> Client:
 
 
 def test_status_and_load_model(client: Client, checkpoints: Checkpoints) -> None:
-    assert checkpoints.lm in client.predict(api_name="/status")
-    status, notice = client.predict(checkpoints.lm, "eager", "auto", False, "auto", api_name="/load_model")
+    before = client.predict(api_name="/status")
+    assert before["source"] == checkpoints.lm and before["attn_implementation"] == "sdpa"
+    status, notice = client.predict(checkpoints.lm, "eager", "auto", "none", "auto", api_name="/load_model")
     assert "eager" in status and "loaded in" in status
     assert notice["visible"] is checkpoints.demo
-    assert "eager" in client.predict(api_name="/status")  # the session remembers its choice
+    after = client.predict(api_name="/status")  # the session remembers its choice, reported as data
+    assert after["attn_implementation"] == "eager" and after["loaded"] is True and after["bytes"] > 0
 
 
 def test_generate_streams_incrementally(client: Client) -> None:
@@ -49,7 +51,7 @@ def test_entities_and_classify(client: Client, checkpoints: Checkpoints) -> None
 
 def test_errors_are_reported_and_the_server_keeps_working(client: Client, checkpoints: Checkpoints) -> None:
     with pytest.raises(AppError, match="Could not load not-a-real-owner/not-a-real-model"):
-        client.predict("not-a-real-owner/not-a-real-model", "sdpa", "auto", False, "auto", api_name="/load_model")
+        client.predict("not-a-real-owner/not-a-real-model", "sdpa", "auto", "none", "auto", api_name="/load_model")
     with pytest.raises(AppError, match="The prompt is empty"):
         client.predict("   ", *GREEDY, api_name="/generate")
     assert checkpoints.lm in client.predict(api_name="/status")

@@ -6,10 +6,11 @@ dodge a cycle is caught too. The layers (a module may import its own layer and t
     0  errors, settings                  what every module may raise, and every BIOGPT_* variable
     1  devices, hub, validation          devices and dtypes; finding checkpoint files; checks of untrusted input
     2  configuration, tokenization, bpe, cache, outputs, kernels, quantization, catalog
+    3  access                            who may load what, download limits, login, uploads
     4  generation, fairseq               decoding on any model object; converting fairseq checkpoints
     5  loading                           from_pretrained / save_pretrained (a mixin: knows no model class)
     6  modeling                          the nn.Modules, with the loading and generation mixins
-    7  auto, pipelines, tasks, batching  what runs on a model
+    7  auto, pipelines, tasks, batching, explain   what runs on a model
     8  serving, annotate                 serving one model to many callers; corpus annotation
     9  manager                           loading, sharing and unloading models for an app
     10 cli                               the `biogpt` command
@@ -27,10 +28,11 @@ LAYERS = {
     "biogpt.devices": 1, "biogpt.hub": 1, "biogpt.validation": 1,
     "biogpt.configuration": 2, "biogpt.tokenization": 2, "biogpt.bpe": 2, "biogpt.cache": 2, "biogpt.outputs": 2,
     "biogpt.kernels": 2, "biogpt.quantization": 2, "biogpt.catalog": 2,
+    "biogpt.access": 3,
     "biogpt.generation": 4, "biogpt.fairseq": 4,
     "biogpt.loading": 5,
     "biogpt.modeling": 6,
-    "biogpt.auto": 7, "biogpt.pipelines": 7, "biogpt.tasks": 7, "biogpt.batching": 7,
+    "biogpt.auto": 7, "biogpt.pipelines": 7, "biogpt.tasks": 7, "biogpt.batching": 7, "biogpt.explain": 7,
     "biogpt.serving": 8, "biogpt.annotate": 8,
     "biogpt.manager": 9,
     "biogpt.cli": 10, "biogpt.__main__": 10,

@@ -28,15 +28,19 @@ def test_tiny_benchmark_writes_expected_rows_and_fields(tmp_path):
         assert key in data["machine"]
     assert data["memory_bandwidth"]["read_gbs"] > 0
     rows = data["rows"]
-    assert {"cpu-fp32", "cpu-bf16", "concurrency"} <= set(rows)
-    for name in ("cpu-fp32", "cpu-bf16"):
+    assert {"cpu-fp32", "cpu-bf16", "cpu-int8", "cpu-int4", "concurrency-fp32"} <= set(rows)
+    for name in ("cpu-fp32", "cpu-bf16", "cpu-int8", "cpu-int4"):
         row = rows[name]
         assert "error" not in row, row.get("error")
-        for field in ("decode_b1_tok_s", "decode_b8_tok_s", "prefill_32_s", "ttft_s", "load_s"):
+        for field in ("decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_after_prompt_tok_s", "prefill_32_s", "ttft_s"):
             assert set(row[field]) == {"ours", "transformers"}, field
             assert all(v > 0 for v in row[field].values()), field
+        assert set(row["load_s"]) == ({"ours"} if name in ("cpu-int8", "cpu-int4") else {"ours", "transformers"})
         assert row["bandwidth_ceiling_tok_s"] > 0
         assert row["ratio_decode_b1"] > 0 and "fraction_of_ceiling_b1" in row
+        assert set(row["kernels"]) and all(set(plan) == {"decode", "batch", "prefill"} for plan in row["kernels"].values())
+        assert "skipped" in row["ggml"]  # the anchor runs the microsoft/biogpt shape only, and says so
+    assert rows["cpu-int8"]["transformers_dtype"] == "bf16"  # transformers needs torchao for int8/int4
     assert rows["cpu-fp32"]["same_greedy_tokens_b1"] is True
     first = rows["cpu-fp32"]["load_to_first_token"]
     for lib in ("ours", "transformers"):
@@ -44,7 +48,11 @@ def test_tiny_benchmark_writes_expected_rows_and_fields(tmp_path):
     margins = rows["cpu-bf16"]["bf16_vs_fp32_margins"]
     assert 0 <= margins["fraction_margin_below_max_logit_error"] <= 1 and margins["positions"] > 0
     assert "ours_vs_transformers_fp32_b1" in rows["cpu-bf16"]
-    conc = rows["concurrency"]
+    conc = rows["concurrency-fp32"]
     assert "error" not in conc, conc.get("error")
     assert conc["one_stream_tok_s"] > 0 and conc["concurrent_aggregate_tok_s"] > 0 and conc["speedup"] > 0
-    assert "concurrency" in proc.stdout and "cpu-fp32" in proc.stdout  # the printed table
+    for text in ("Concurrency", "cpu-fp32", "biogpt.cpp tok/s", "int4"):  # the printed tables
+        assert text in proc.stdout, text
+    markdown = subprocess.run([sys.executable, "-m", "bench.run", "--markdown", str(out)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert markdown.returncode == 0 and "| int8 |" in markdown.stdout and "biogpt.cpp skipped" in markdown.stdout

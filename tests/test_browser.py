@@ -6,9 +6,7 @@ README's pictures (look at them before committing).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,41 +14,17 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
+from app_fixtures import Checkpoints, Server, checkpoints, paper_release, server  # noqa: F401  (fixtures)
+from browser import browser_page, shots  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
 XSS_PROMPT = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script>'
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where screenshots go: SCREENSHOTS_DIR (`make screenshots`) or a temporary folder."""
-    folder = os.environ.get("SCREENSHOTS_DIR")
-    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
-
-
-@pytest.fixture(scope="module")
 def page(server: Server) -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent: install the Debian chromium package (`make browser`)")
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="biogpt-chromium-")  # a fresh profile every run
-    try:
-        with sync_playwright() as pw:
-            # Playwright manages --user-data-dir itself: a persistent context is how to give it a fresh one.
-            context = pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, viewport={"width": 1280, "height": 900},
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = context.new_page()
-            page.goto(server.url)
-            page.wait_for_selector("#gen-prompt textarea", timeout=60_000)
-            yield page
-            context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with browser_page(server.url) as page:
+        yield page
 
 
 @pytest.fixture()
@@ -71,7 +45,9 @@ def slow_model(server: Server) -> Iterator[list]:
 
 
 def _output(page) -> str:
-    return page.locator("#gen-output textarea").input_value()
+    """The text of the token view (the plain-text copy sits in a closed accordion)."""
+    view = page.locator("#gen-view .wb-view")
+    return view.inner_text() if view.count() else ""
 
 
 def _choose(page, dropdown: str, value: str) -> None:
@@ -127,20 +103,20 @@ def test_classify_shows_a_label(page, checkpoints: Checkpoints, shots: Path) -> 
         _choose(page, "#cls-classifier", checkpoints.classify)
     page.locator("#cls-text textarea").fill("VEGF overexpression increased angiogenesis in colorectal tumours.")
     page.locator("#cls-run").click()
-    heading = page.locator("#cls-label .output-class")
-    heading.first.wait_for(timeout=30_000)
-    assert heading.first.inner_text().strip()
+    bars = page.locator("#cls-result .wb-score")
+    bars.first.wait_for(timeout=30_000)
+    assert bars.count() >= 2 and page.locator("#cls-result .wb-score-label").first.inner_text().strip()
+    expect(page.locator("#cls-summary")).not_to_be_empty()
     page.screenshot(path=str(shots / "app-classify.png"), full_page=True)
 
 
 def test_user_and_model_text_are_never_run_as_html(page, checkpoints: Checkpoints) -> None:
     page.get_by_role("tab", name="Generate").click()
-    page.get_by_label("Colour tokens by confidence").check()
     _generate(page, XSS_PROMPT)
-    # The view shows this run once it shows its prompt (an earlier run's output and stats may still be on screen).
-    expect(page.locator("#gen-confidence .wb-conf")).to_contain_text(XSS_PROMPT, timeout=30_000)
-    expect(page.locator("#gen-stats")).to_contain_text("finished", timeout=30_000)
-    page.get_by_label("Colour tokens by confidence").uncheck()
+    # The token view shows this run once it shows its prompt (an earlier run's text may still be on screen).
+    expect(page.locator("#gen-view .wb-view")).to_contain_text(XSS_PROMPT, timeout=30_000)
+    expect(page.locator("#gen-stats")).to_contain_text(re.compile("the model ended the text|reached the token limit"),
+                                                      timeout=30_000)
     assert _output(page).startswith(XSS_PROMPT)
 
     page.get_by_role("tab", name="Entities").click()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app_fixtures import checkpoints, server  # noqa: F401  (fixtures: the launched app for the client snippet)
+from app_fixtures import checkpoints, paper_release, server  # noqa: F401  (fixtures: the app, the release)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LM = REPO / "biogpt" / "demo_models" / "demo-lm"
@@ -33,8 +33,14 @@ def code_blocks(path: Path) -> list[tuple[str, str, str]]:
     return blocks
 
 
-def localise(code: str, checkpoints: dict[str, str], server_url: str | None = None) -> str:
-    """The mapping this test is allowed: Hub ids -> local checkpoints, GPUs -> CPU, the app's URL -> the test's."""
+def localise(code: str, checkpoints: dict[str, str], server_url: str | None = None,
+             release: str | None = None, data: str | None = None) -> str:
+    """The mapping this test is allowed: Hub ids -> local checkpoints, GPUs -> CPU, the app's URL -> the test's, the
+    fine-tuned release -> the scripted one of tests/fairseq_fixtures.py, the paper's test data -> ../shared's."""
+    if release:
+        code = code.replace("~/biogpt-release/checkpoints", release)
+    if data:
+        code = code.replace("BC5CDR/raw/test.json", data)
     for hub_id in HUB_IDS:
         code = code.replace(f'"{hub_id}"', repr(checkpoints[hub_id])).replace(f" {hub_id} ", f" {checkpoints[hub_id]} ")
     code = re.sub(r"device=0\b", 'device="cpu"', code).replace("--device 0", "--device cpu")
@@ -77,7 +83,11 @@ def test_docs_have_the_seed_examples():
 @pytest.mark.parametrize("block_id,language,code", DOC_BLOCKS, ids=[b[0] for b in DOC_BLOCKS])
 def test_documented_code_runs(block_id, language, code, demo_checkpoints, tmp_path, request):
     server = request.getfixturevalue("server").url if "gradio_client" in code else None  # the real app, loopback
-    result = run_block(language, localise(code, demo_checkpoints, server), tmp_path)
+    release = data = None
+    if "biogpt-release" in code:
+        release = str(request.getfixturevalue("paper_release"))
+        data = str(request.getfixturevalue("shared_dir") / "data/biogpt-tasks/bc5cdr-re/valid.json")
+    result = run_block(language, localise(code, demo_checkpoints, server, release, data), tmp_path)
     assert_ran(block_id, result)
     if "Ibuprofen is best used for" in code and ("generate(" in code or "generator(" in code or "biogpt run" in code):
         # Python examples print prompt + continuation; the command line prints the continuation it streams.
@@ -135,6 +145,15 @@ def test_seed_4bit_example_on_biogpt_large_layer_shapes(tmp_path, shared_dir):
     code += "\nassert output.startswith('Ibuprofen is best used for')"
     result = run_block("python", code, tmp_path)
     assert_ran("seed 4-bit on BioGPT-Large shapes", result)
+
+
+def test_the_apps_own_example_is_the_readmes():
+    """The About tab shows the README's client example, which test_documented_code_runs runs against the app."""
+    from ui.about_tab import ABOUT, CLIENT_EXAMPLE
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"```python\n{CLIENT_EXAMPLE}```" in readme and CLIENT_EXAMPLE in ABOUT
+    assert "microsoft/biogpt\"" not in CLIENT_EXAMPLE.split("#")[0], "the example must run offline"
 
 
 def test_localise_maps_only_ids_and_devices():

@@ -26,7 +26,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import biogpt.loading
-from app_fixtures import Checkpoints, Server, checkpoints, server  # noqa: F401  (fixtures)
+from app_fixtures import Checkpoints, Server, checkpoints, paper_release, server  # noqa: F401  (fixtures)
 from biogpt import AutoModelForCausalLM, AutoTokenizer, BioGptForCausalLM, CheckpointError, DeviceError
 from biogpt.manager import ModelManager, ModelSpec
 from biogpt.settings import Settings
@@ -190,7 +190,7 @@ def test_local_paths_are_off_on_spaces_through_the_app(checkpoints) -> None:
     bench = Workbench(manager, Settings(model="microsoft/biogpt", preload=False))
     for path in ("/etc", "../../etc/passwd", checkpoints.lm if not checkpoints.demo else "/tmp"):
         with pytest.raises(gr.Error, match="Local paths are disabled on this server"):
-            bench.load_model(path, "sdpa", "auto", False, "auto", bench.default_state(), progress=None)
+            bench.load_model(path, "sdpa", "auto", "none", "auto", bench.default_state(), progress=None)
     assert manager.status() == []
 
 
@@ -214,10 +214,10 @@ def test_failed_loads_through_the_app_keep_the_session_model(client, server, che
     broken = _copy(checkpoints.lm, tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(AppError, match="not a readable safetensors file"):
-        client.predict(str(broken), "sdpa", "auto", False, "auto", api_name="/load_model")
+        client.predict(str(broken), "sdpa", "auto", "none", "auto", api_name="/load_model")
     monkeypatch.setattr(biogpt.loading, "_assign", _fail_after(3, MemoryError()))  # the server runs in-process
     with pytest.raises(AppError, match="Out of memory while loading"):
-        client.predict(str(_copy(checkpoints.lm, tmp_path / "oom")), "sdpa", "auto", False, "auto",
+        client.predict(str(_copy(checkpoints.lm, tmp_path / "oom")), "sdpa", "auto", "none", "auto",
                        api_name="/load_model")
     monkeypatch.undo()
     assert client.predict(api_name="/status") == before

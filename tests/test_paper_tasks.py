@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import fairseq_fixtures as ff
-from biogpt.bpe import learn_bpe
 from biogpt.fairseq import convert_fairseq_checkpoint
 from biogpt.modeling import BioGptForCausalLM
 from biogpt.tasks.evaluate import main as eval_main
@@ -248,42 +247,18 @@ def test_hoc_gold_targets_score_one(shared_dir, real_tokenizer):
 # ----------------------------------------------------------------------------------------------------------------
 # End to end on scripted checkpoints
 # ----------------------------------------------------------------------------------------------------------------
-BC5CDR = {"title": "Lithium carbonate toxicity in a newborn.",
-          "abstract": "Cyanosis was seen after lithium carbonate exposure.",
-          "answer": "the relation between lithium carbonate and cyanosis exists."}
-DDI = {"abstract": "Aspirin increases the effect of warfarin.\nAvoid aspirin with warfarin.",
-       "answer": "the interaction between aspirin and warfarin is effect."}
-KD_DTI = {"title": "Imatinib inhibits ABL1", "abstract": "Imatinib is a kinase inhibitor of ABL1 and KIT.",
-          "answer": "the interaction between imatinib and abl1 is inhibitor."}
-PUBMEDQA = {"question": "Does aspirin prevent stroke?", "context": ["Aspirin reduced stroke in trials."],
-            "answer": "the answer to the question given the context is yes."}
-HOC = {"text": "Tumor cells switch to glycolysis and grow new vessels .",
-       "answer": "the type of this document is cellular energetics|inducing angiogenesis."}
-CORPUS = [BC5CDR["title"], BC5CDR["abstract"], DDI["abstract"], KD_DTI["title"], KD_DTI["abstract"],
-          PUBMEDQA["question"], "Does heparin prevent stroke?", " ".join(PUBMEDQA["context"]), HOC["text"],
-          "Normal cells switch to glycolysis and grow new vessels .", "question: context: yes no maybe",
-          BC5CDR["answer"], DDI["answer"], KD_DTI["answer"], PUBMEDQA["answer"], HOC["answer"], *HOC_CLASSES]
-CORPUS += [text.lower() for text in CORPUS]
+BC5CDR, DDI, KD_DTI, PUBMEDQA, HOC = ff.BC5CDR, ff.DDI, ff.KD_DTI, ff.PUBMEDQA, ff.HOC
 
 
 @pytest.fixture(scope="module")
 def task_vocab(tmp_path_factory):
     """A BPE vocabulary learned on the tasks' texts (every word one token), as learned dir + dict.txt lines."""
-    learned = tmp_path_factory.mktemp("task-bpe")
-    learn_bpe(CORPUS, num_merges=5000, out_dir=learned, min_frequency=1)
-    lines, merges = ff.vocab_from_learned_bpe(learned)
-    return learned, lines, merges
+    return ff.task_vocab(tmp_path_factory.mktemp("task-bpe"))
 
 
 def scripted_model(directory: Path, task_vocab, source: str, answer: str, prompts: int, data: str):
     """Convert a scripted checkpoint that answers `answer` to the input built from `source`."""
-    learned, lines, merges = task_vocab
-    tokenizer = BioGptTokenizer.from_pretrained(learned)
-    prefix_length = 1 + len(tokenizer(source, add_special_tokens=False)["input_ids"]) + prompts
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    assert tokenizer.unk_token_id not in answer_ids
-    src = ff.write_scripted_checkpoint(directory / data, lines, merges, prompts=prompts,
-                                       prefix_length=prefix_length, answer_ids=answer_ids, data=data)
+    src = ff.scripted_task_checkpoint(directory / data, task_vocab, source, answer, prompts, data)
     out = convert_fairseq_checkpoint(src, directory / "converted")
     return BioGptForCausalLM.from_pretrained(out), BioGptTokenizer.from_pretrained(out), out
 

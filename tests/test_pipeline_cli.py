@@ -116,6 +116,18 @@ def test_cli_streams_each_prompt(checkpoint, loaded):
     assert done.stdout == expected
 
 
+def test_cli_runs_the_bundled_demo_by_name_without_a_warning_nobody_asked_for() -> None:
+    """`--model demo` is the app's name for the offline model; the pipeline's default length (256 new tokens) fits
+    what room the model has without a warning about a length the user never set."""
+    from biogpt import catalog
+
+    done = _cli(["run", "--model", "demo", "--prompt", "Aspirin inhibits"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "Asked for" not in done.stderr and "Traceback" not in done.stderr
+    model_window = biogpt.BioGptConfig.from_pretrained(catalog.demo_path()).max_position_embeddings
+    assert model_window < 256 + 6, "the demo's window must be shorter than the default for this test to mean much"
+
+
 def test_cli_device_error_is_one_line(checkpoint):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

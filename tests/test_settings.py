@@ -22,10 +22,11 @@ def test_values_from_the_environment(tmp_path: Path) -> None:
         "BIOGPT_LOCAL_ROOTS": os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]),
         "BIOGPT_PORT": "8000", "BIOGPT_HOST": "0.0.0.0", "BIOGPT_CONCURRENCY": "3", "BIOGPT_MAX_QUEUE": "5",
         "BIOGPT_MAX_INPUT_CHARS": "50", "BIOGPT_MAX_NEW_TOKENS": "32", "BIOGPT_MAX_BEAMS": "4",
-        "BIOGPT_MAX_BEAM_TOKENS": "2048", "BIOGPT_GENERATE_CONCURRENCY": "6", "BIOGPT_ONEDNN": "off"})
+        "BIOGPT_MAX_BEAM_TOKENS": "2048", "BIOGPT_GENERATE_CONCURRENCY": "6", "BIOGPT_CPU_KERNELS": "ATen"})
     assert settings.model == "demo" and settings.cache_dir == str(tmp_path)
     assert (settings.max_models, settings.memory_budget, settings.gpu_memory_budget) == (3, 8 * 10**9, 512 * 2**20)
-    assert settings.preload is False and settings.local_paths_allowed is True and settings.onednn is False
+    assert settings.preload is False and settings.cpu_kernels == "aten"
+    assert settings.is_exposed and settings.local_paths_allowed is False  # BIOGPT_HOST=0.0.0.0 is not loopback
     assert settings.local_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
     assert (settings.port, settings.listen_host, settings.concurrency, settings.max_queue) == (8000, "0.0.0.0", 3, 5)
     assert (settings.max_input_chars, settings.max_new_tokens, settings.max_beams, settings.max_beam_tokens,

@@ -1,6 +1,6 @@
-"""The speed paths: oneDNN inference linears swapped in at load (fp32 exact, bf16 prepacked and invalidated), the
-static-shape decode step (token-identical to the default path) and a cold `from_pretrained` that does not import
-torch._dynamo."""
+"""The speed paths: CPU kernels swapped in at load (oneDNN fp32 exact, bf16 prepacked and invalidated; the plain
+class back when every choice is ATen), the static-shape decode step (token-identical to the default path) and a cold
+`from_pretrained` that does not import torch._dynamo."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ onednn = pytest.mark.skipif(not kernels.onednn_available(), reason="this torch h
 
 
 def _onednn(layer: nn.Linear) -> nn.Linear:
-    layer.__class__ = kernels.OneDnnLinear
+    layer.__class__ = kernels.CpuLinear
+    layer.kernels = dict.fromkeys(kernels.REGIMES, "onednn")
     return layer
 
 
@@ -66,7 +67,7 @@ def test_bf16_packed_weight_follows_weight_changes():
 
 def test_gradients_still_flow_through_the_plain_path():
     model = _tiny().train()
-    kernels.apply_cpu_kernels(model)
+    kernels.apply_cpu_kernels(model, "onednn")
     ids = torch.randint(3, 50, (2, 8))
     loss = model(ids, labels=ids).loss
     loss.backward()
@@ -76,16 +77,16 @@ def test_gradients_still_flow_through_the_plain_path():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_leaves_state_dict_save_and_deepcopy_alone(tmp_path, dtype):
     model = _tiny(dtype=dtype)
-    kernels.apply_cpu_kernels(model)
+    kernels.apply_cpu_kernels(model, "onednn")
     keys = list(model.state_dict())
     model.generate(torch.randint(3, 50, (1, 5)), max_new_tokens=3)
     assert list(model.state_dict()) == keys
     copy.deepcopy(model)
     model.save_pretrained(tmp_path)
-    loaded = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels=True)
+    loaded = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels="onednn")
     assert list(loaded.state_dict()) == keys
     swapped = {type(m) for m in loaded.biogpt.layers.modules() if isinstance(m, nn.Linear)}
-    assert swapped == ({kernels.OneDnnLinear} if kernels.onednn_available() else {nn.Linear})
+    assert swapped == ({kernels.CpuLinear} if kernels.onednn_available() else {nn.Linear})
     plain = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels=False)
     assert {type(m) for m in plain.biogpt.layers.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
     kernels.remove_cpu_kernels(loaded)
@@ -94,7 +95,7 @@ def test_inference_leaves_state_dict_save_and_deepcopy_alone(tmp_path, dtype):
 
 def test_no_grad_logits_equal_grad_enabled_logits():
     model = _tiny()
-    kernels.apply_cpu_kernels(model)
+    kernels.apply_cpu_kernels(model, "onednn")
     ids = torch.randint(3, 50, (2, 9))
     with_grad = model(ids).logits  # weights require grad here: ATen's path
     with torch.no_grad():

@@ -3,8 +3,9 @@
 `gr.Slider.preprocess` compares the payload with its bounds, so a string ("hot" for the temperature, sent through
 `gradio_client` or the HTTP API) raises a TypeError there, which Gradio reports as a bare "The upstream Gradio app
 has raised an exception". These subclasses check the payload first with `biogpt.validation.check_value` (type,
-finite, whole when the component is, in range) and raise `gr.Error` naming the parameter; Gradio 6 re-raises a `gr.Error`
-from `preprocess` unchanged (`Blocks.preprocess_data`: `except Error: raise`) and sends its message to the client.
+finite, whole when the component is, in range) and raise `gr.Error` naming the parameter; Gradio 6 re-raises a
+`gr.Error` from `preprocess` unchanged (`Blocks.preprocess_data`: `except Error: raise`) and sends its message to
+the client.
 
 `is_template = True` makes Gradio render them with the built-in Slider/Number front end (`Block.get_block_name`
 returns the base class's name), and they keep gr.Slider's / gr.Number's constructor untouched: Gradio builds a

@@ -1,4 +1,4 @@
-"""Files the app offers for download (the Entities tab's JSON and CSV), kept bounded on disk."""
+"""Files the app offers for download (the Entities tab's JSON and CSV, annotated uploads), kept bounded on disk."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 ENTITY_FOLDERS_KEPT = 32  # per process; Gradio copies every returned file into its own cache before serving it
 ENTITY_FIELDS = ("text", "label", "score", "start", "end")
+RELATION_FIELDS = ("head", "relation", "tail", "head_type", "tail_type")
 _lock = threading.Lock()
 _count = itertools.count()
 _swept = False
@@ -59,15 +60,39 @@ def entity_folder(keep: int = ENTITY_FOLDERS_KEPT) -> Path:
     return folder
 
 
+def _write(name: str, records: list[dict[str, Any]], fields: tuple[str, ...]) -> list[str]:
+    """`<name>.json` and `<name>.csv` of `records` in a fresh folder of `entity_folder()`."""
+    folder = entity_folder()
+    as_json, as_csv = folder / f"{name}.json", folder / f"{name}.csv"
+    as_json.write_text(json.dumps(records, indent=2, ensure_ascii=False), encoding="utf-8")
+    with as_csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows({k: v for k, v in record.items() if k in fields} for record in records)
+    return [str(as_json), str(as_csv)]
+
+
+def relation_files(relations: list[dict[str, Any]]) -> list[str]:
+    """relations.json (every field, entity spans included) and relations.csv (head, relation, tail and types)."""
+    records = [{**r, "head_spans": [list(s) for s in r["head_spans"]], "tail_spans": [list(s) for s in r["tail_spans"]]}
+               for r in relations]
+    return _write("relations", records, RELATION_FIELDS)
+
+
 def entity_files(found: list[dict[str, Any]]) -> list[str]:
     """entities.json and entities.csv in a fresh folder of `entity_folder()`, which keeps the newest few."""
-    folder = entity_folder()
-    as_json, as_csv = folder / "entities.json", folder / "entities.csv"
     clean = [{"text": e["text"], "label": e["label"], "score": float(e["score"]), "start": int(e["start"]),
               "end": int(e["end"])} for e in found]
-    as_json.write_text(json.dumps(clean, indent=2, ensure_ascii=False), encoding="utf-8")
-    with as_csv.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(ENTITY_FIELDS))
-        writer.writeheader()
-        writer.writerows(clean)
-    return [str(as_json), str(as_csv)]
+    return _write("entities", clean, ENTITY_FIELDS)
+
+
+def annotated_files(name: str, files: Mapping[str, bytes]) -> list[str]:
+    """An uploaded file's annotations (`{suffix: bytes}`: records JSONL, PubTator or CSV, rejects) as
+    `<name>.<suffix>` in a fresh folder of `entity_folder()`; the records file first."""
+    folder = entity_folder()
+    paths = []
+    for suffix, data in sorted(files.items(), key=lambda item: item[0] != "jsonl"):
+        path = folder / f"{name}.{suffix}"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return paths

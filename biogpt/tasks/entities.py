@@ -10,6 +10,7 @@ that `entity["text"] == text[entity["start"]:entity["end"]]` always holds.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 
@@ -313,16 +314,53 @@ def window_tokens(tokenizer: Any, input_ids: Sequence[int], offsets: Sequence[tu
             for i in range(1, len(input_ids))]
 
 
+_WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or a digit: a word is a run of them
+
+
+def whole_words(entities: Iterable[Mapping[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`entities` as a reader expects them: widened so that none starts or ends inside a word ("anti[cancer]" ->
+    "anticancer"), without those that hold no letter or digit (a lone "-"), and with the ones that overlap once
+    widened merged into one (labelled by the most confident of them, with its score).
+
+    Sub-word tokens make a model label pieces of words; transformers' aggregation keeps those pieces, which is what
+    `aggregate` reproduces, so this is a separate step for display.
+    """
+    def inside(position: int) -> bool:  # is `position` a boundary between two characters of one word?
+        return (0 < position < len(text) and _WORD_CHARACTER.match(text[position - 1]) is not None
+                and _WORD_CHARACTER.match(text[position]) is not None)
+
+    merged: list[dict[str, Any]] = []
+    for entity in sorted(entities, key=lambda e: (e["start"], e["end"])):
+        start, end = entity["start"], entity["end"]
+        while inside(start):
+            start -= 1
+        while inside(end):
+            end += 1
+        if not _WORD_CHARACTER.search(text[start:end]):
+            continue
+        widened = {**entity, "start": start, "end": end, "text": text[start:end]}
+        if merged and start < merged[-1]["end"]:
+            previous = merged[-1]
+            winner = widened if widened["score"] > previous["score"] else previous
+            start = min(start, previous["start"])
+            end = max(end, previous["end"])
+            merged[-1] = {**winner, "start": start, "end": end, "text": text[start:end]}
+        else:
+            merged.append(widened)
+    return merged
+
+
 @torch.inference_mode()
 def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy: Strategy = "simple",
                      threshold: float = 0.0, sentencizer: Optional[str] = None,
-                     batch_size: int = 8) -> list[dict[str, Any]]:
+                     batch_size: int = 8, words: bool = False) -> list[dict[str, Any]]:
     """Entities found by a token-classification model in `text`, of any length.
 
     Returns dicts `{"text", "label", "score", "start", "end"}` (plus `"index"` for strategy `none`: the
     token's position within its window) in text order; `text` is exactly `original[start:end]`.
     `sentencizer` names an installed spaCy pipeline used to split sentences (default: blank English +
-    rule-based sentencizer); `batch_size` windows go through the model at a time.
+    rule-based sentencizer); `batch_size` windows go through the model at a time. `words=True` passes them through
+    `whole_words` (what a reader expects; the default keeps transformers' pipeline semantics).
     """
     if aggregation_strategy not in STRATEGIES:
         raise ValueError(f"aggregation_strategy must be one of {STRATEGIES}, got {aggregation_strategy!r}.")
@@ -343,7 +381,7 @@ def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy
         for (start, _), (window_ids, offsets), probs in zip(batch, encoded, probabilities):
             tokens = window_tokens(tokenizer, window_ids, offsets, probs, start)
             entities.extend(aggregate(tokens, config.id2label, text, aggregation_strategy, threshold))
-    return entities
+    return whole_words(entities, text) if words else entities
 
 
 # ----------------------------------------------------------------------------------------------------------------
