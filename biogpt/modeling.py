@@ -105,6 +105,8 @@ class BioGptAttention(nn.Module):
             if mask is None and length == key.shape[2]:
                 attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True,
                                                           scale=self.scaling)
+            elif mask is None and length == 1:  # one new token after the cache sees every key: no mask to build
+                attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scaling)
             else:
                 if mask is None:
                     mask = _causal_mask(length, key.shape[2], query.device)

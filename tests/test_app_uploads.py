@@ -42,7 +42,7 @@ def test_a_text_file_gets_the_entities_of_each_line(bench: Workbench, checkpoint
     paths, summary = bench.entities_file(str(upload), checkpoints.ner, 0.0, "simple", bench.default_state())
     files = _by_suffix(paths)
     assert list(files) == ["jsonl", "pubtator", "rejects.jsonl"]
-    assert summary == "3 texts annotated · 1 skipped (the reasons are in abstracts.rejects.jsonl)"
+    assert summary == "3 texts annotated · 1 row skipped (the reasons are in abstracts.rejects.jsonl)"
     records = _lines(files["jsonl"])
     assert [record["id"] for record in records] == ["1", "3", "4"]  # line numbers
     for record, text in zip(records, [TEXTS[0], TEXTS[1], TEXTS[2]]):
@@ -98,7 +98,7 @@ def test_the_api_annotates_an_uploaded_jsonl_file(server: Server, paper_release:
     upload.write_text(json.dumps({"id": "cdr1", "title": ff.BC5CDR["title"], "abstract": ff.BC5CDR["abstract"]})
                       + "\n", encoding="utf-8")
     paths, summary = client.predict(handle_file(str(upload)), "RE-BC5CDR-BioGPT", api_name="/relations_file")
-    assert summary == "1 texts annotated"
+    assert summary == "1 text annotated"
     files = _by_suffix(paths)
     [record] = _lines(files["jsonl"])
     assert record["id"] == "cdr1" and record["model"] == {"id": "RE-BC5CDR-BioGPT"}

@@ -68,6 +68,9 @@ def test_a_failed_load_leaves_the_panel_on_the_loaded_model(page) -> None:
                                                        timeout=3_000)
     expect(box).to_have_value(before)  # the box shows the model that is really loaded
     assert page.locator("#wb-panel .error, #wb-notice .error").count() == 0, "no error badge on the panel"
+    for close in page.locator(".toast-close").all():  # dismiss the warning, as a user would
+        close.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
 
 
 def test_clicking_a_word_shows_the_models_alternatives_and_its_sources(page, server: Server, shots: Path) -> None:
@@ -181,6 +184,7 @@ def test_relations_mode_with_a_relation_model(page, shots: Path) -> None:
     cells = page.locator("#rel-table .virtual-row").first.locator(".body-cell").all_inner_texts()
     assert [cell.strip() for cell in cells] == ["lithium carbonate", "CID", "cyanosis"]
     expect(page.locator("#rel-generated textarea")).to_have_value(ff.BC5CDR["answer"])
+    expect(page.locator("#ent-summary")).to_have_text("1 relation · 3 entity mentions")
     marked = page.locator("#ent-highlighted .token.highlighted .text").all_inner_texts()
     assert [m.strip() for m in marked] == ["Lithium carbonate", "Cyanosis", "lithium carbonate"]
     page.screenshot(path=str(shots / "app-relations.png"), full_page=True)
@@ -228,7 +232,7 @@ def test_a_file_of_texts_comes_back_annotated(page, tmp_path: Path, shots: Path)
     expect(page.locator("#ent-upload")).to_contain_text("abstracts.txt", timeout=30_000)
     page.locator("#ent-batch-run").click()
     expect(page.locator("#ent-batch-summary")).to_contain_text(
-        "2 texts annotated · 1 skipped (the reasons are in abstracts.rejects.jsonl)", timeout=60_000)
+        "2 texts annotated · 1 row skipped (the reasons are in abstracts.rejects.jsonl)", timeout=60_000)
     links = page.locator("#ent-batch-files a")
     expect(links).to_have_count(3)
     with page.expect_download() as download:

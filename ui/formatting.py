@@ -24,6 +24,11 @@ def confidence_html(prompt: str, pieces: list[tuple[str, float]]) -> str:
     return f'<div class="wb-conf"><span class="wb-prompt">{html.escape(prompt)}</span>{spans}</div>{legend}'
 
 
+def count(number: int, noun: str, plural: str = "") -> str:
+    """"1 entity", "3 entities", "1,204 texts": a number and its noun, singular for one."""
+    return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
+
+
 # Why a generation ended, in words (the library's finish reasons, and "stopped" for the Stop button).
 FINISHED = {"eos": "the model ended the text", "length": "reached the token limit", "stop_string": "reached a stop text",
             "cancelled": "stopped by you", "stopped": "stopped by you"}

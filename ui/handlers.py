@@ -37,7 +37,7 @@ from . import gpu
 from .downloads import annotated_files, entity_files, relation_files
 from .errors import handler, shown_to_user
 from .fairness import limited
-from .formatting import confidence_html, loaded_status, stats_line
+from .formatting import confidence_html, count, loaded_status, stats_line
 
 logger = logging.getLogger(__name__)
 AGGREGATIONS = ("simple",) + tuple(s for s in STRATEGIES if s != "simple")
@@ -334,7 +334,7 @@ class Workbench:
         highlighted = {"text": text,
                        "entities": [{"entity": e["label"], "start": e["start"], "end": e["end"]} for e in found]}
         labels = sorted({e["label"] for e in found})
-        summary = f"{len(found)} entities" + (f" · {', '.join(labels)}" if labels else "")
+        summary = count(len(found), "entity", "entities") + (f" · {', '.join(labels)}" if labels else "")
         return highlighted, rows, entity_files(found), summary
 
     def relation_models(self) -> list[tuple[str, str]]:
@@ -358,7 +358,7 @@ class Workbench:
         highlighted = {"text": text, "entities": [{"entity": e["type"], "start": e["start"], "end": e["end"]}
                                                    for e in result["entities"]]}
         summary = ("The model's answer could not be read as relations (it did not follow its template)."
-                   if result["failed"] else f"{len(relations)} relations · {len(entities)} entity mentions")
+                   if result["failed"] else f"{count(len(relations), 'relation')} · {count(len(entities), 'entity mention')}")
         return highlighted, relations, entities, relation_files(result["relations"]), summary, result["generated"]
 
     # -- many texts at once (a file) ------------------------------------------------------------------------------
@@ -380,9 +380,9 @@ class Workbench:
         with shown_to_user(typed=(spec.source,)), self.manager.use(spec) as loaded:
             output = _annotate_file(loaded, str(path), task, params, self.settings, hook)
         name = path.name.split(".")[0] or "texts"
-        summary = f"{output.documents:,} texts annotated"
+        summary = f"{count(output.documents, 'text')} annotated"
         if output.rejects:
-            summary += f" · {output.rejects:,} skipped (the reasons are in {name}.rejects.jsonl)"
+            summary += f" · {count(output.rejects, 'row')} skipped (the reasons are in {name}.rejects.jsonl)"
         return annotated_files(name, output.files), summary
 
     @limited
