@@ -301,15 +301,17 @@ def int4_layout_known() -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Float linears: the swapped-in class and its kernels
 # ----------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def onednn_available() -> bool:
-    """True when this torch build runs oneDNN's linear on the CPU (probed once on a tiny product)."""
+@functools.lru_cache(maxsize=None)
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch build runs oneDNN's linear in `dtype` on this CPU (probed once per dtype on a tiny
+    product: bf16 needs a CPU with bf16 instructions, AVX-512 BF16 or AMX; an AVX2-only CPU has none)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         with torch.no_grad():
-            probe = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ones(2, 4), None, "none", [], "")
-    except (RuntimeError, AttributeError, NotImplementedError):  # the op is absent from this torch build
+            probe = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4, dtype=dtype), torch.ones(2, 4, dtype=dtype),
+                                                       None, "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError):  # the op is absent, or no primitive for this CPU
         return False
     return bool(probe.eq(4).all())
 
@@ -378,24 +380,25 @@ class Candidate:
     name: str
     formats: frozenset  # of weight_format() values
     regimes: frozenset
-    available: Callable[[], bool]
+    available: Callable[[str], bool]  # given the format: can this machine run it?
 
 
 _FLOAT = frozenset({"float32", "bfloat16"})
 _QUANTIZED = frozenset({"int8-float32", "int8-bfloat16", "int4-float32", "int4-bfloat16"})
 CANDIDATES = (
-    Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda: True),
-    Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda: True),
-    Candidate("onednn", _FLOAT, frozenset(REGIMES), onednn_available),
-    Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}), lambda: True),
+    Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
+    Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
+    Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(getattr(torch, fmt))),
+    Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
+              lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
-              int4_layout_known),
+              lambda fmt: int4_layout_known()),
 )
 
 
 def candidates(fmt: str, regime_name: str) -> list[str]:
     """Names of the candidates that can compute `fmt` in `regime_name` on this machine (`aten` first)."""
-    names = [c.name for c in CANDIDATES if fmt in c.formats and regime_name in c.regimes and c.available()]
+    names = [c.name for c in CANDIDATES if fmt in c.formats and regime_name in c.regimes and c.available(fmt)]
     return list(dict.fromkeys(names))
 
 

@@ -359,6 +359,7 @@ def _markers(out: Path) -> int:
     return len(list(shards.glob("*.done.json"))) if shards.is_dir() else 0
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path, ner, ner_path):
     corpus = _corpus(tmp_path / "in.jsonl", copies=12)  # 36 documents, 12 shards of 3
     options = ["--batch-size", "2", "--shard-size", "3"]
@@ -391,6 +392,7 @@ def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path, ner, 
     assert sorted(ids) == sorted(f"{d}-{n}" for n in range(12) for d, _, _ in DOCS) and len(set(ids)) == 36
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_cli_and_the_same_command_continues(tmp_path, ner, ner_path):
     corpus = tmp_path / "in"
     _corpus(corpus / "a.jsonl", copies=1)  # shard 1: three documents

@@ -80,6 +80,7 @@ def test_docs_have_the_seed_examples():
         assert needed in text, needed
 
 
+@pytest.mark.slow  # every block runs in a fresh interpreter (importing torch takes seconds): `make test` only
 @pytest.mark.parametrize("block_id,language,code", DOC_BLOCKS, ids=[b[0] for b in DOC_BLOCKS])
 def test_documented_code_runs(block_id, language, code, demo_checkpoints, tmp_path, request):
     server = request.getfixturevalue("server").url if "gradio_client" in code else None  # the real app, loopback
@@ -115,6 +116,7 @@ def drop_in(code: str) -> str:
     return code.replace("from transformers import", "from biogpt import").replace("transformers-cli", "biogpt")
 
 
+@pytest.mark.slow  # a fresh interpreter per block, as above
 @pytest.mark.skipif(not SEED.exists(), reason="../shared/seed/biogpt.md is absent (a user's clone has no ../shared)")
 @pytest.mark.parametrize("block_id,language,code", seed_blocks() or [("none", "python", "")],
                          ids=[b[0] for b in seed_blocks()] or ["none"])

@@ -190,3 +190,15 @@ def test_every_float_kernel_computes_f_linear(dtype, tolerance, rows):
             got = layer(x)
             assert got.shape == (1, rows, 48) and got.dtype == dtype, name
             torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_a_cpu_without_bf16_onednn_never_gets_it(monkeypatch, tmp_path):
+    """An AVX2-only CPU (such as a Zen 2/3 AMD EPYC) has oneDNN's fp32 linear but no bf16 one (it raises "could not
+    create a primitive descriptor"): bf16 layers must never be given it, even when it is asked for by name."""
+    monkeypatch.setattr(kernels, "onednn_available", lambda dtype=torch.float32: dtype == torch.float32)
+    assert "onednn" in kernels.candidates("float32", "batch")
+    assert "onednn" not in kernels.candidates("bfloat16", "batch")
+    model = _tiny(torch.bfloat16)
+    assert kernels.apply_cpu_kernels(model, "onednn", cache_file=tmp_path / "k.json") == {
+        "bfloat16": dict.fromkeys(kernels.REGIMES, "aten")}
+    assert _classes(model) == {nn.Linear}

@@ -362,6 +362,7 @@ def test_the_disk_budget_counts_downloads_in_progress(hub: FakeHub, tiny, tmp_pa
     assert len(second["model.safetensors"]) == weights
 
 
+@pytest.mark.slow
 def test_a_download_dropped_midway_leaves_the_cache_clean(hub: FakeHub, tiny, tmp_path: Path) -> None:
     files = _repo_copy(hub, "tiny-org/dropped", tiny)
     hub.drop_after[("tiny-org/dropped", "model.safetensors")] = len(files["model.safetensors"]) // 3
@@ -385,6 +386,7 @@ def test_a_download_longer_than_announced_is_stopped_and_removed(hub: FakeHub, t
     assert _cache_leftovers(tmp_path, "tiny-org/liar") == []
 
 
+@pytest.mark.slow
 def test_a_failed_download_of_a_cached_repo_removes_only_the_partial_files(hub: FakeHub, tiny,
                                                                            tmp_path: Path) -> None:
     files = _repo_copy(hub, "tiny-org/partly", tiny)
@@ -537,6 +539,7 @@ def _running(demo: gr.Blocks, session: str) -> int:
     return sum(1 for job in demo._queue.active_jobs if job for event in job if event.session_hash == session)
 
 
+@pytest.mark.slow
 def test_one_greedy_client_cannot_starve_nineteen_others(exposed, held: threading.Event) -> None:
     url, demo, settings = exposed
     allowance = settings.client_running + settings.client_queued

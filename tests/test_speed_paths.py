@@ -26,6 +26,8 @@ def _tiny(seed: int = 0, dtype: torch.dtype = torch.float32) -> BioGptForCausalL
 
 
 onednn = pytest.mark.skipif(not kernels.onednn_available(), reason="this torch has no usable oneDNN linear")
+onednn_bf16 = pytest.mark.skipif(not kernels.onednn_available(torch.bfloat16),
+                                 reason="this CPU has no oneDNN bf16 linear (no AVX-512 BF16 or AMX)")
 
 
 def _onednn(layer: nn.Linear) -> nn.Linear:
@@ -47,7 +49,7 @@ def test_fp32_linear_matches_f_linear(rows):
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
-@onednn
+@onednn_bf16
 def test_bf16_packed_weight_follows_weight_changes():
     torch.manual_seed(0)
     layer = _onednn(nn.Linear(64, 96).to(torch.bfloat16))
@@ -86,7 +88,7 @@ def test_inference_leaves_state_dict_save_and_deepcopy_alone(tmp_path, dtype):
     loaded = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels="onednn")
     assert list(loaded.state_dict()) == keys
     swapped = {type(m) for m in loaded.biogpt.layers.modules() if isinstance(m, nn.Linear)}
-    assert swapped == ({kernels.CpuLinear} if kernels.onednn_available() else {nn.Linear})
+    assert swapped == ({kernels.CpuLinear} if kernels.onednn_available(dtype) else {nn.Linear})
     plain = BioGptForCausalLM.from_pretrained(tmp_path, dtype=dtype, cpu_kernels=False)
     assert {type(m) for m in plain.biogpt.layers.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
     kernels.remove_cpu_kernels(loaded)

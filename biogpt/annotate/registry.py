@@ -29,8 +29,8 @@ from ..errors import ConfigError
 from ..generation import continuation_text
 from ..modeling import BioGptForCausalLM, BioGptForSequenceClassification, BioGptForTokenClassification
 from ..tasks.classify import classify
-from ..tasks.entities import STRATEGIES, aggregate, plan_windows, whole_words, window_tokens
-from ..tasks.inputs import encode_with_offsets, pad_token_id, right_pad
+from ..tasks.entities import STRATEGIES, aggregate, encode_windows, whole_words, window_tokens
+from ..tasks.inputs import pad_token_id, right_pad
 from ..tasks.prompted import PromptSettings, build_input_ids, generate_answers
 from ..tasks.relations import family_for, relations_result, source_text
 from .readers import Document
@@ -66,25 +66,23 @@ def _check_ner(params: Mapping[str, Any], config: BioGptConfig) -> None:
 def _ner(model: Any, tokenizer: Any, texts: Sequence[str], params: Mapping[str, Any], batch_size: int,
          hook: BatchHook) -> tuple[list[dict[str, Any]], int]:
     config = model.config
-    windows = [(doc, start, end) for doc, text in enumerate(texts) if text.strip()
-               for start, end in plan_windows(tokenizer, text, config.max_position_embeddings, params["sentencizer"])]
-    encoded = [encode_with_offsets(tokenizer, texts[doc][start:end]) for doc, start, end in windows]
-    order = _length_order([len(ids) for ids, _ in encoded])
+    windows = [(doc, window) for doc, text in enumerate(texts) if text.strip()
+               for window in encode_windows(tokenizer, text, config.max_position_embeddings, params["sentencizer"])]
+    order = _length_order([len(window.input_ids) for _, window in windows])
     pad_id = pad_token_id(model, tokenizer)
     found: list[list[dict[str, Any]]] = [[] for _ in windows]
     for first in range(0, len(order), batch_size):
         batch = order[first:first + batch_size]
-        ids, mask = right_pad([encoded[i][0] for i in batch], pad_id, model.device)
+        ids, mask = right_pad([windows[i][1].input_ids for i in batch], pad_id, model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()
         for i, row in zip(batch, probabilities):
-            doc, start, _ = windows[i]
-            tokens = window_tokens(tokenizer, encoded[i][0], encoded[i][1], row, start)
-            found[i] = aggregate(tokens, config.id2label, texts[doc], params["aggregation_strategy"],
-                                 params["threshold"])
+            doc, window = windows[i]
+            found[i] = aggregate(window_tokens(tokenizer, window, row), config.id2label, texts[doc],
+                                 params["aggregation_strategy"], params["threshold"])
         hook(first + len(batch), len(order))
     entities: list[list[dict[str, Any]]] = [[] for _ in texts]
-    for (doc, _, _), window_entities in zip(windows, found):  # a text's windows are in text order
+    for (doc, _), window_entities in zip(windows, found):  # a text's windows are in text order
         entities[doc].extend(window_entities)
     if params["whole_words"]:
         entities = [whole_words(found_in_text, text) for found_in_text, text in zip(entities, texts)]

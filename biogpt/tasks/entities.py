@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+from typing import Any, Iterable, Literal, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -111,6 +111,16 @@ def _argmax_unit(scores: torch.Tensor, id2label: Mapping[int, str], start: int, 
     return _Unit(id2label[best], float(scores[best]), start, end, index)
 
 
+def _argmax_units(tokens: Sequence[TokenScores], id2label: Mapping[int, str]) -> list[_Unit]:
+    """`_argmax_unit` of every token, in one tensor operation rather than one per token."""
+    if not tokens:
+        return []
+    scores = torch.stack([token.scores for token in tokens])
+    best = scores.argmax(dim=-1, keepdim=True)  # first maximal index, as for one token
+    return [_Unit(id2label[label], score, token.start, token.end, token.index)
+            for token, label, score in zip(tokens, best[:, 0].tolist(), scores.gather(1, best)[:, 0].tolist())]
+
+
 def _words(tokens: Sequence[TokenScores]) -> list[list[TokenScores]]:
     groups: list[list[TokenScores]] = []
     for token in tokens:
@@ -170,7 +180,7 @@ def aggregate(tokens: Sequence[TokenScores], id2label: Mapping[int, str], text: 
     if strategy not in STRATEGIES:
         raise ValueError(f"aggregation_strategy must be one of {STRATEGIES}, got {strategy!r}.")
     if strategy in ("none", "simple"):
-        units = [_argmax_unit(t.scores, id2label, t.start, t.end, t.index) for t in tokens]
+        units = _argmax_units(tokens, id2label)
     else:
         units = [_word_unit(word, strategy, id2label) for word in _words(tokens)]
 
@@ -271,47 +281,70 @@ def _split_long_sentence(tokenizer: Any, text: str, start: int, end: int, limit:
     return chunks
 
 
-def plan_windows(tokenizer: Any, text: str, max_tokens: int, sentencizer: Optional[str] = None
-                 ) -> list[tuple[int, int]]:
-    """Character spans of windows that each tokenize to at most `max_tokens` tokens (the leading `</s>` included).
+class Window(NamedTuple):
+    """One window of a text: its character span and its own tokenization (`input_ids` with the leading `</s>`,
+    `offsets` relative to `start`), which is what the model reads."""
+
+    start: int
+    end: int
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+def _window(tokenizer: Any, text: str, start: int, end: int) -> Window:
+    return Window(start, end, *encode_with_offsets(tokenizer, text[start:end]))
+
+
+def encode_windows(tokenizer: Any, text: str, max_tokens: int, sentencizer: Optional[str] = None) -> list[Window]:
+    """The windows of `text`, each tokenizing to at most `max_tokens` tokens (the leading `</s>` included).
 
     Sentences are packed greedily, in order; a window's length is estimated from its sentences' token counts
-    and then checked on the window's own tokenization (sentences are dropped from its end until it fits). A
-    sentence that alone is too long is split at token boundaries. Windows are disjoint, so no entity can
-    straddle or repeat across two.
+    and then checked on the window's own tokenization (sentences are dropped from its end until it fits), the
+    tokenization that is returned. A sentence that alone is too long is split at token boundaries. Windows are
+    disjoint, so no entity can straddle or repeat across two.
     """
     if max_tokens < 2:
         raise ValueError(f"max_tokens must leave room for </s> and one token, got {max_tokens}.")
     sentences = split_sentences(text, sentencizer)
     counts = [_count(tokenizer, text[a:b]) for a, b in sentences]
-    windows: list[tuple[int, int]] = []
+    windows: list[Window] = []
     i = 0
     while i < len(sentences):
         if counts[i] > max_tokens:
-            windows.extend(_split_long_sentence(tokenizer, text, *sentences[i], max_tokens))
+            windows.extend(_window(tokenizer, text, start, end)
+                           for start, end in _split_long_sentence(tokenizer, text, *sentences[i], max_tokens))
             i += 1
             continue
         last, estimate = i, counts[i]
         while last + 1 < len(sentences) and estimate + counts[last + 1] - 1 <= max_tokens:
             last += 1
             estimate += counts[last] - 1  # each sentence's own `</s>` is not repeated inside a window
-        while last > i and _count(tokenizer, text[sentences[i][0]:sentences[last][1]]) > max_tokens:
+        window = _window(tokenizer, text, sentences[i][0], sentences[last][1])
+        while last > i and len(window.input_ids) > max_tokens:
             last -= 1
-        windows.append((sentences[i][0], sentences[last][1]))
+            window = _window(tokenizer, text, sentences[i][0], sentences[last][1])
+        windows.append(window)
         i = last + 1
     return windows
 
 
-def window_tokens(tokenizer: Any, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]],
-                  probabilities: torch.Tensor, shift: int) -> list[TokenScores]:
-    """TokenScores for one window's tokens (the leading `</s>` skipped), offsets shifted by `shift`.
+def plan_windows(tokenizer: Any, text: str, max_tokens: int, sentencizer: Optional[str] = None
+                 ) -> list[tuple[int, int]]:
+    """Character spans of the windows of `encode_windows`."""
+    return [(window.start, window.end) for window in encode_windows(tokenizer, text, max_tokens, sentencizer)]
 
-    Words are the tokenizer's words: a new word starts after each `</w>`-final piece.
+
+def window_tokens(tokenizer: Any, window: Window, probabilities: torch.Tensor) -> list[TokenScores]:
+    """TokenScores for one window's tokens (the leading `</s>` skipped), with spans in the whole text.
+
+    `probabilities` is the window's (tokens, labels) matrix. Words are the tokenizer's words: a new word starts
+    after each `</w>`-final piece.
     """
-    word_end = _word_end_flags(tokenizer, input_ids)
-    return [TokenScores(probabilities[i], offsets[i][0] + shift, offsets[i][1] + shift,
+    word_end = _word_end_flags(tokenizer, window.input_ids)
+    rows = probabilities.to(torch.float64)  # converted once: TokenScores then holds views, not copies
+    return [TokenScores(rows[i], window.offsets[i][0] + window.start, window.offsets[i][1] + window.start,
                         is_word_start=i == 1 or word_end[i - 1], index=i)
-            for i in range(1, len(input_ids))]
+            for i in range(1, len(window.input_ids))]
 
 
 _WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or a digit: a word is a run of them
@@ -369,17 +402,16 @@ def extract_entities(model: Any, tokenizer: Any, text: str, aggregation_strategy
     if not text.strip():
         return []
     config = model.config
-    windows = plan_windows(tokenizer, text, config.max_position_embeddings, sentencizer)
+    windows = encode_windows(tokenizer, text, config.max_position_embeddings, sentencizer)
     pad_id = pad_token_id(model, tokenizer)
     entities: list[dict[str, Any]] = []
     for first in range(0, len(windows), batch_size):
         batch = windows[first:first + batch_size]
-        encoded = [encode_with_offsets(tokenizer, text[start:end]) for start, end in batch]
-        ids, mask = right_pad([ids for ids, _ in encoded], pad_id)
+        ids, mask = right_pad([window.input_ids for window in batch], pad_id)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()
-        for (start, _), (window_ids, offsets), probs in zip(batch, encoded, probabilities):
-            tokens = window_tokens(tokenizer, window_ids, offsets, probs, start)
+        for window, probs in zip(batch, probabilities):
+            tokens = window_tokens(tokenizer, window, probs)
             entities.extend(aggregate(tokens, config.id2label, text, aggregation_strategy, threshold))
     return whole_words(entities, text) if words else entities
 

@@ -7,7 +7,7 @@ thin layer over them (`main(argv)`).
 Evaluation goes through the inference code, so the scores measure what users get: NER dev documents are decoded
 by `entities.extract_entities` (same sentence windows, same sub-token aggregation) and scored entity-level
 (exact span + type); classification uses `classify.classify` (softmax, or sigmoid >= threshold for multi-label).
-Training windows come from the same splitter as inference (`entities.plan_windows`).
+Training windows come from the same splitter as inference (`entities.encode_windows`).
 
 The best checkpoint (by the dev metric) is written in the Hub layout (config.json with id2label/label2id/
 problem_type, model.safetensors, vocab.json, merges.txt) together with `metrics.json`.
@@ -38,7 +38,7 @@ from ..tokenization import BioGptTokenizer
 from .classify import classify
 from .data import (IGNORE_INDEX, ClassificationExample, Document, bio_label_list, read_classification_jsonl,
                    read_classification_tsv, read_conll, read_pubtator, token_bio_labels)
-from .entities import STRATEGIES, entities_to_spans, extract_entities, parse_label, plan_windows
+from .entities import STRATEGIES, encode_windows, entities_to_spans, extract_entities, parse_label
 from .inputs import pad_token_id
 from .metrics import classification_scores, entity_scores, threshold_labels
 
@@ -192,7 +192,7 @@ def _train_and_dev(load: Callable[[Any, str], list], train: Any, dev: Any, data_
 # ----------------------------------------------------------------------------------------------------------------
 def ner_features(examples: Sequence[NerExample], tokenizer: BioGptTokenizer, label2id: Mapping[str, int],
                  max_length: int) -> list[dict[str, list[int]]]:
-    """Token ids and BIO label ids per training window (`plan_windows`, the splitter inference uses).
+    """Token ids and BIO label ids per training window (`encode_windows`, the splitter inference uses).
 
     Windows are disjoint sentence packs, so an entity crossing a window edge is practically impossible; one
     that does is dropped from both windows rather than half-labelled.
@@ -200,12 +200,11 @@ def ner_features(examples: Sequence[NerExample], tokenizer: BioGptTokenizer, lab
     features = []
     for example in examples:
         text = example["text"]
-        for start, end in plan_windows(tokenizer, text, max_length):
-            encoded = tokenizer(text[start:end], return_offsets_mapping=True)
-            spans = [(e["start"] - start, e["end"] - start, e["label"]) for e in example.get("entities", [])
-                     if start <= e["start"] and e["end"] <= end]
-            labels = token_bio_labels(encoded["offset_mapping"], spans, label2id)
-            features.append({"input_ids": list(encoded["input_ids"]), "labels": labels})
+        for window in encode_windows(tokenizer, text, max_length):
+            spans = [(e["start"] - window.start, e["end"] - window.start, e["label"])
+                     for e in example.get("entities", []) if window.start <= e["start"] and e["end"] <= window.end]
+            labels = token_bio_labels(window.offsets, spans, label2id)
+            features.append({"input_ids": window.input_ids, "labels": labels})
     return features
 
 
