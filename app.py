@@ -89,9 +89,11 @@ def build_app(manager: Optional[ModelManager] = None, settings: Optional[Setting
 
 
 def launch_options(settings: Settings, login: Optional[access.Credentials] = None) -> dict[str, Any]:
-    """The `demo.launch(...)` arguments the settings decide: where to listen, sharing, login, upload size."""
+    """The `demo.launch(...)` arguments the settings decide: where to listen, sharing, login, upload size, how many
+    sessions' state is kept."""
     return dict(server_name=settings.listen_host, server_port=settings.port, share=settings.share,
-                auth=login.check if login is not None else None, max_file_size=settings.max_upload_bytes)
+                auth=login.check if login is not None else None, max_file_size=settings.max_upload_bytes,
+                state_session_capacity=settings.max_sessions)
 
 
 def quiet_console() -> None:

@@ -573,6 +573,14 @@ def probe(fmt: str, layers: list[nn.Module], measure: Measure = measure_candidat
             continue
         timings[regime_name] = measure(fmt, probe_sample(layers, regime_name), regime_name, names)
         kernels[regime_name] = pick(timings[regime_name])
+    # A choice other than ATen is measured again, after the other regimes, and decided on the best time of both
+    # windows: a few rounds slowed by another process (it happened: ATen's 512-row products measured 28% slow
+    # once) must not give this machine a slower kernel for good, since the choice is cached.
+    for regime_name, name in kernels.items():
+        if name != "aten" and "aten" in timings.get(regime_name, {}):
+            again = measure(fmt, probe_sample(layers, regime_name), regime_name, ["aten", name])
+            timings[regime_name] = {n: min(t, again.get(n, t)) for n, t in timings[regime_name].items()}
+            kernels[regime_name] = pick(timings[regime_name])
     return {"kernels": kernels, "timings": timings}
 
 

@@ -165,6 +165,10 @@ class Settings:
                                "jobs one client (browser session, or IP address for the API) may have running")
     client_queued: int = _var("BIOGPT_CLIENT_QUEUED", parse_count, 4,
                               "jobs one client may have waiting; more get a \"you already have jobs\" message")
+    max_sessions: int = _var(
+        "BIOGPT_MAX_SESSIONS", parse_count, 1_000,
+        "sessions (browser tabs, API clients) whose state the server keeps, the least recently used dropped first: "
+        "each costs ~2 MB, and Gradio's own default of 10,000 would let scripted clients fill ~20 GB")
     # -- what one request may ask for -------------------------------------------------------------------------
     max_new_tokens: int = _var("BIOGPT_MAX_NEW_TOKENS", parse_count, 512, "new tokens one generation may ask for")
     max_prompt_chars: int = _var("BIOGPT_MAX_PROMPT_CHARS", parse_count, 4_000, "characters of a prompt")

@@ -467,6 +467,21 @@ def test_login_is_required_for_the_page_and_the_api(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Fairness
 # ----------------------------------------------------------------------------------------------------------------
+def test_the_server_keeps_the_state_of_at_most_max_sessions(tmp_path: Path) -> None:
+    """Every session (a browser tab, a gradio_client) costs server memory for its state: scripted clients that each
+    open a new session must not grow it without bound, so the least recently used sessions are dropped."""
+    settings = Settings.from_env({"BIOGPT_HOST": "127.0.0.1", "BIOGPT_PORT": str(free_port()), "BIOGPT_MODEL": "demo",
+                                  "BIOGPT_PRELOAD": "0", "BIOGPT_MAX_SESSIONS": "2"})
+    with launched(settings) as (url, demo):
+        seen = []
+        for _ in range(4):
+            client = Client(url, verbose=False)
+            assert client.predict(api_name="/status")["loaded"] is False  # the preload is off
+            seen.append(client.session_hash)
+            client.close()
+        assert list(demo.state_holder.session_data) == seen[-2:]
+
+
 CLIENTS = """
 import json, sys, threading
 import httpx
