@@ -49,6 +49,7 @@ MIX = ["generate", "entities", "generate", "classify", "status", "beam", "entiti
        "status", "generate", "entities", "classify", "generate", "stop", "entities", "classify", "status",
        "generate", "load_model"]
 BUSY = ("queue is full", "too many requests")
+CLIENT_TIMEOUT_S = 60  # of each HTTP request of a soak client (the whole run has its own time limit)
 LIMITED = "you already have jobs running"
 
 
@@ -154,7 +155,8 @@ def run_soak(url: str, requests: Requests, users: int, total: Optional[int], ref
     done = [0]
 
     def user(number: int) -> None:
-        client = Client(url, verbose=False)
+        # 50 clients fetching the app's config at once from a 2-core server can take longer than httpx's default 5 s.
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
         i = 0
         try:
             while (shares[number] is None or i < shares[number]) and (stop_at is None or time.monotonic() < stop_at):
