@@ -49,8 +49,8 @@ MIX = ["generate", "entities", "generate", "classify", "status", "beam", "entiti
        "status", "generate", "entities", "classify", "generate", "stop", "entities", "classify", "status",
        "generate", "load_model"]
 BUSY = ("queue is full", "too many requests")
-CLIENT_TIMEOUT_S = 60  # of each HTTP request of a soak client (the whole run has its own time limit)
 LIMITED = "you already have jobs running"
+CLIENT_TIMEOUT_S = 60  # of each HTTP request of a soak client (the whole run has its own time limit)
 
 
 @dataclass

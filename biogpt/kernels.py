@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import parse_dtype
 from .errors import ConfigError
 from .settings import CPU_KERNEL_CHOICES, Settings
 
@@ -388,7 +389,7 @@ _QUANTIZED = frozenset({"int8-float32", "int8-bfloat16", "int4-float32", "int4-b
 CANDIDATES = (
     Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
     Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
-    Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(getattr(torch, fmt))),
+    Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(parse_dtype(fmt))),
     Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
