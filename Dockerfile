@@ -29,6 +29,10 @@ ENV PYTHONUNBUFFERED=1 \
     BIOGPT_HOST=0.0.0.0 \
     BIOGPT_PORT=7860
 
+# A C compiler for biogpt's own CPU kernels (biogpt/native.c, compiled at the first CPU load): without one they are
+# skipped and PyTorch's kernels do the work.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+
 # torch first, from the chosen index, so that requirements.txt (torch>=2.4) finds it satisfied and adds no other.
 RUN pip install "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 COPY requirements.txt /tmp/requirements.txt

@@ -8,12 +8,16 @@ the answers are the same wherever a device or a dtype is chosen:
 - `parse_dtype` turns a name ("bf16", "torch.float16", "auto") into a `torch.dtype`; `resolve_dtype("auto",
   device)` picks bfloat16 (or float16) on a GPU and float32 on the CPU.
 - `cpu_safe_dtype` applies the one rule about float16 on a CPU: it becomes float32, with a warning.
+- `cpu_identity` names this CPU (model and instruction-set flags): what a kernel measured or compiled here is for.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import platform
 import warnings
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -144,3 +148,18 @@ def attention_unavailable_reason(attn_implementation: str, device: DeviceLike = 
     if dtype not in (torch.float16, torch.bfloat16):
         return f"flash_attention_2 needs float16 or bfloat16 weights; this model is {dtype_name(dtype)}"
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_identity() -> tuple[str, frozenset]:
+    """This CPU's model name and its instruction-set flags (from /proc/cpuinfo where there is one)."""
+    model, flags = "", frozenset()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = frozenset(value.split())
+    return model or platform.processor() or platform.machine(), flags

@@ -14,8 +14,10 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
   more (long prompts).
 - *Candidates* (`CANDIDATES`): for each format and regime, the ways to compute it: always `aten` (exactly what
   transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
-  one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout) and `dequant`
-  (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only over many rows).
+  one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout), `native` (our
+  own products of bf16, int8 and int4 weights with a few rows, `biogpt/native.c`, compiled here at first use: see
+  `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only
+  over many rows).
 - *The probe* (`probe`): times every candidate on the model's own weight matrices (so the working set is the real
   one, not cache-resident toys), alternating them, best of a few rounds, and picks the fastest; `aten` keeps the
   job unless another candidate beats it by `MARGIN`, so a choice is never slower than the plain path by more than
@@ -39,7 +41,6 @@ import functools
 import json
 import logging
 import os
-import platform
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import parse_dtype
+from . import native
+from .devices import cpu_identity, parse_dtype
 from .errors import ConfigError
 from .settings import CPU_KERNEL_CHOICES, Settings
 
@@ -69,7 +71,7 @@ PROBE_MIN_BYTES = 4 * 2**20
 # Load average per core above which a probe's measurement counts as disturbed, and below which the machine is quiet.
 BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
 CHOICES = CPU_KERNEL_CHOICES
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the `native` candidate exists
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "asimd", "sve", "bf16")
 
@@ -150,6 +152,10 @@ class _QuantizedLinear(nn.Module):
         """The (out, in) weight in the compute dtype (what the products compute with)."""
         raise NotImplementedError
 
+    def native_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """The `native` kernel (`native.py`), bias included, on (rows, in) input in the compute dtype."""
+        raise NotImplementedError
+
     def dense_product(self, rows: torch.Tensor) -> torch.Tensor:
         """The `dequant` kernel: the whole weight expanded to the compute dtype, then one dense product with bias
         (pays off over many rows, where the weight-only kernels are compute-bound)."""
@@ -163,7 +169,10 @@ class _QuantizedLinear(nn.Module):
             rows = rows.to(compute_dtype)
         if not rows.is_contiguous():  # e.g. the last position of a batch; the int4 kernel needs contiguous rows
             rows = rows.contiguous()
-        if rows.shape[0] > 1 and self.kernels[regime(rows.shape[0])] == "dequant" and not torch.compiler.is_compiling():
+        kernel = "aten" if torch.compiler.is_compiling() else self.kernels[regime(rows.shape[0])]
+        if kernel == "native":
+            out = self.native_product(rows)  # bias added in the kernel
+        elif rows.shape[0] > 1 and kernel == "dequant":
             out = self.dense_product(rows)
         else:
             out = self.product(rows)
@@ -208,8 +217,11 @@ class Int8Linear(_QuantizedLinear):
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
 
+    def native_product(self, rows: torch.Tensor) -> torch.Tensor:
+        return native.int8_linear(rows, self.weight, self.scales, self.bias)
+
     def dequantized(self) -> torch.Tensor:
-        return self.weight.to(self.scales.dtype) * self.scales[:, None]
+        return self.weight * self.scales[:, None]  # int8 x float promotes to the float dtype in one pass
 
 
 class Int4Linear(_QuantizedLinear):
@@ -253,6 +265,10 @@ class Int4Linear(_QuantizedLinear):
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.weight, self.group_size, self.scales_and_zeros)
 
+    def native_product(self, rows: torch.Tensor) -> torch.Tensor:
+        return native.int4_linear(rows, self.weight, self.scales_and_zeros, self.bias, self.group_size,
+                                  int4_layout()[0])
+
     def dequantized_t(self) -> torch.Tensor:
         """The transposed (in, out) weight in the compute dtype. Transposed because that is the order the packed
         bytes already have (input channel outermost), and the groups' scales and zeros then broadcast in place."""
@@ -270,20 +286,26 @@ class Int4Linear(_QuantizedLinear):
         return torch.mm(rows, weight_t) if self.bias is None else torch.addmm(self.bias, rows, weight_t)
 
 
-def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """The (in, out) uint8 values 0..15 of `_convert_weight_to_int4pack_for_cpu`'s layout, transposed.
+# How `_convert_weight_to_int4pack_for_cpu` lays out a matrix depends on the CPU kernel torch dispatches to (as
+# measured on torch 2.13's x86 build): output rows in blocks of 64 (AVX-512) or 32 (AVX2, and the portable code),
+# input column k of a block being block/2 bytes; in the "split" layouts byte j holds row j (low nibble) and row
+# j + block/2 (high), in the "pairs" one rows 2j and 2j + 1. The last `out % block` rows always form one block of
+# pairs. (rows per block, split) for each, in the order they are tried:
+INT4_LAYOUTS = ((64, True), (32, True), (32, False))
 
-    As measured on torch 2.13's x86 build: blocks of 64 output rows, row r of a block in byte `k * 32 + r % 32` of
-    input column k (low nibble for r < 32, high for the others), then the last `out % 64` rows as one block with
-    rows r and r + 1 sharing a byte. `int4_layout_known()` checks that this torch build packs that way before
-    anything relies on it.
-    """
+
+def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int,
+                  layout: Optional[tuple[int, bool]] = None) -> torch.Tensor:
+    """The (in, out) uint8 values 0..15 of `_convert_weight_to_int4pack_for_cpu`'s layout (`int4_layout()` unless
+    `layout` is given), transposed."""
+    block, split = layout or int4_layout()
     flat = packed.reshape(-1)
-    whole = out_features - out_features % 64
+    whole = out_features - out_features % block
     parts = []
     if whole:
-        blocks = flat[: whole * in_features // 2].view(whole // 64, in_features, 32)
-        nibbles = torch.stack((blocks & 15, blocks >> 4), dim=2)  # (blocks, in, 2, 32): row = 32 * nibble + r
+        blocks = flat[: whole * in_features // 2].view(whole // block, in_features, block // 2)
+        # split: (blocks, in, 2, block/2), row = half * block/2 + j; pairs: (blocks, in, block/2, 2), row = 2j + half
+        nibbles = torch.stack((blocks & 15, blocks >> 4), dim=2 if split else 3)
         parts.append(nibbles.permute(1, 0, 2, 3).reshape(in_features, whole))
     if out_features > whole:
         tail = flat[whole * in_features // 2:].view(in_features, (out_features - whole) // 2)
@@ -292,11 +314,19 @@ def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int) -> 
 
 
 @functools.lru_cache(maxsize=1)
-def int4_layout_known() -> bool:
-    """True when this torch build's int4 CPU packing is the layout `unpack_int4_t` reads (checked on a probe)."""
+def int4_layout() -> Optional[tuple[int, bool]]:
+    """The entry of INT4_LAYOUTS this torch build packs int4 weights in on this CPU (checked on a probe), or None."""
     q = torch.randint(0, 16, (112, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    return torch.equal(unpack_int4_t(packed, 112, 64).int(), q.t())
+    for layout in INT4_LAYOUTS:
+        if torch.equal(unpack_int4_t(packed, 112, 64, layout).int(), q.t()):
+            return layout
+    return None
+
+
+def int4_layout_known() -> bool:
+    """True when `unpack_int4_t` can read this torch build's int4 CPU packing."""
+    return int4_layout() is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,6 +372,9 @@ class CpuLinear(nn.Linear):
         if kernel == "gemv" and rows == 1:
             vector = x.reshape(-1)
             out = torch.mv(weight, vector) if bias is None else torch.addmv(bias, weight, vector)
+            return out.view(*x.shape[:-1], out.shape[-1])
+        if kernel == "native":
+            out = native.bf16_linear(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return out.view(*x.shape[:-1], out.shape[-1])
         if kernel == "onednn":
             if x.dtype == torch.bfloat16:
@@ -390,6 +423,10 @@ CANDIDATES = (
     Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
     Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
     Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(parse_dtype(fmt))),
+    Candidate("native", frozenset({"bfloat16", "int8-float32", "int8-bfloat16"}), frozenset({"decode", "batch"}),
+              lambda fmt: native.available()),
+    Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch"}),
+              lambda fmt: native.available() and (int4_layout() or (0, False))[1]),  # the split layouts
     Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
@@ -496,16 +533,7 @@ def _probe_module(layer: nn.Module, regime_name: str, name: str) -> nn.Module:
 
 def machine_key() -> dict[str, object]:
     """What a measurement depends on besides the model: CPU model and flags, torch version and build, threads."""
-    cpu, flags = "", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not cpu:
-                cpu = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    cpu = cpu or platform.processor() or platform.machine()
+    cpu, flags = cpu_identity()
     return {"cpu": cpu, "flags": sorted(flags & set(_CPU_FLAGS)), "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
@@ -606,7 +634,8 @@ def plan_kernels(layers: list[nn.Module], choice: str, cache_file: Optional[Path
     plans = {}
     if choice not in ("auto", "probe"):
         for fmt in by_format:
-            plans[fmt] = {r: (choice if choice in candidates(fmt, r) else "aten") for r in REGIMES}
+            plans[fmt] = {r: (choice if choice != "aten" and choice in candidates(fmt, r) else "aten")
+                          for r in REGIMES}
         return plans
     path = cache_file or Settings.from_env().kernel_cache
     entries = _read_cache(path)

@@ -4,7 +4,8 @@ Imports are read from the source (module level and inside functions alike), so a
 dodge a cycle is caught too. The layers (a module may import its own layer and those below):
 
     0  errors, settings                  what every module may raise, and every BIOGPT_* variable
-    1  devices, hub, validation          devices and dtypes; finding checkpoint files; checks of untrusted input
+    1  devices, hub, validation, native  devices and dtypes; finding checkpoint files; checks of untrusted input;
+                                         our compiled CPU kernels
     2  configuration, tokenization, bpe, cache, outputs, kernels, quantization, catalog
     3  access                            who may load what, download limits, login, uploads
     4  generation, fairseq               decoding on any model object; converting fairseq checkpoints
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = {
     "biogpt.errors": 0, "biogpt.settings": 0,
-    "biogpt.devices": 1, "biogpt.hub": 1, "biogpt.validation": 1,
+    "biogpt.devices": 1, "biogpt.hub": 1, "biogpt.validation": 1, "biogpt.native": 1,
     "biogpt.configuration": 2, "biogpt.tokenization": 2, "biogpt.bpe": 2, "biogpt.cache": 2, "biogpt.outputs": 2,
     "biogpt.kernels": 2, "biogpt.quantization": 2, "biogpt.catalog": 2,
     "biogpt.access": 3,

@@ -55,6 +55,7 @@ def test_a_plain_install_finds_the_demo_models(tmp_path: Path) -> None:
                               str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr
     assert not (target / "tools").exists(), "the demo builder (tools/) must not ship in the wheel"
+    assert (target / "biogpt" / "native.c").is_file(), "the CPU kernels' source must ship: it is compiled on use"
     run = tmp_path / "run"
     run.mkdir()
     new_tokens, path, imported_tools = _smoke(run, {"PYTHONPATH": str(target)})

@@ -1,0 +1,266 @@
+"""Our own CPU kernels (`biogpt/native.c`): built on this machine, cached, exact to float32 accumulation, and absent
+(with the reason said) wherever they cannot be built; the kernel choice then simply does without them."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import stat
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biogpt import BioGptForCausalLM, BioGptTokenizer, catalog, kernels, native
+from biogpt.devices import cpu_identity
+from biogpt.quantization import TorchAoConfig
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels here: {native.unavailable_reason()}")
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A cold start: nothing compiled yet, the kernel cache (and so the build folder) under tmp_path."""
+    monkeypatch.setenv("BIOGPT_KERNEL_CACHE", str(tmp_path / "cache" / "cpu-kernels.json"))
+    native._library.cache_clear()
+    yield tmp_path / "cache"
+    native._library.cache_clear()
+
+
+def _bound(x: torch.Tensor, weight: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 accumulation error (K ulps of the absolute products) plus, in bf16, the output's own rounding."""
+    accumulate = x.shape[-1] * 2.0 ** -23 * (x.abs() @ weight.abs().t())
+    output = exact.abs() * 2.0 ** -8 if dtype == torch.bfloat16 else 0
+    return accumulate + output + 1e-6
+
+
+# Sizes that exercise every path: one row and several (the chunks of four), output rows not a multiple of the
+# block of four, input columns not a multiple of the vector width (the scalar tail).
+SHAPES = [(1, 13, 70), (1, 64, 256), (3, 9, 37), (5, 16, 128), (8, 33, 1000)]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, out_features, in_features", SHAPES)
+def test_int8_products_equal_the_dequantized_float64_product(dtype, rows, out_features, in_features):
+    generator = torch.Generator().manual_seed(rows * out_features)
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+    scales = (torch.rand(out_features, generator=generator) * 0.02).to(dtype)
+    bias = torch.randn(out_features, generator=generator).to(dtype)
+    dequantized = weight.double() * scales.double()[:, None]
+    exact = x.double() @ dequantized.t() + bias.double()
+    got = native.int8_linear(x, weight, scales, bias)
+    assert got.dtype == dtype and got.shape == (rows, out_features)
+    assert bool(((got.double() - exact).abs() <= _bound(x.double(), dequantized, exact, dtype)).all())
+    no_bias = native.int8_linear(x, weight, scales, None)
+    assert bool(((no_bias.double() - (exact - bias.double())).abs()
+                 <= _bound(x.double(), dequantized, exact - bias.double(), dtype)).all())
+
+
+def _int4_case(rows: int, out_features: int, in_features: int, group_size: int, dtype: torch.dtype, seed: int):
+    """x, PyTorch's packed int4 weight, its (groups, out, 2) scales and zeros, and the float64 weight they mean."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (out_features, in_features), generator=generator, dtype=torch.int32)
+    scales = (torch.rand(in_features // group_size, out_features, generator=generator) * 0.1).to(dtype)
+    zeros = (torch.randn(in_features // group_size, out_features, generator=generator) * 0.1).to(dtype)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    expand = {"repeats": group_size, "dim": 1}
+    weight = ((q.double() - 8) * scales.double().t().repeat_interleave(**expand)
+              + zeros.double().t().repeat_interleave(**expand))
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    return x, packed, torch.stack([scales, zeros], dim=2).contiguous(), weight
+
+
+# Output rows: whole blocks of 64 and the tail block (80 = 64 + 16, 16 = a tail alone); groups of 32 and 64.
+INT4_SHAPES = [(1, 64, 128, 32), (1, 80, 256, 64), (3, 16, 64, 32), (5, 144, 128, 64)]
+
+
+@needs_native
+@pytest.mark.skipif(kernels.int4_layout() not in ((64, True), (32, True)), reason="torch packs int4 in pairs here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, out_features, in_features, group_size", INT4_SHAPES)
+def test_int4_products_equal_the_dequantized_float64_product(dtype, rows, out_features, in_features, group_size):
+    x, packed, scales_and_zeros, weight = _int4_case(rows, out_features, in_features, group_size, dtype, rows)
+    bias = torch.randn(out_features, generator=torch.Generator().manual_seed(9)).to(dtype)
+    exact = x.double() @ weight.t() + bias.double()
+    got = native.int4_linear(x, packed, scales_and_zeros, bias, group_size, kernels.int4_layout()[0])
+    assert got.dtype == dtype and got.shape == (rows, out_features)
+    assert bool(((got.double() - exact).abs() <= _bound(x.double(), weight, exact, dtype)).all())
+
+
+def _pack_split(q: torch.Tensor, block: int) -> torch.Tensor:
+    """The "split" int4 layout written by hand from its description (torch packs AVX2's with block 32, AVX-512's
+    with 64; this machine can only run one of them): per block of rows, per input column, byte j = row j (low
+    nibble) | row j + block/2 (high); the last rows in pairs, row 2j low and 2j + 1 high."""
+    out_features, in_features = q.shape
+    whole = out_features - out_features % block
+    data = []
+    for b in range(0, whole, block):
+        for k in range(in_features):
+            data += [int(q[b + j, k]) | int(q[b + block // 2 + j, k]) << 4 for j in range(block // 2)]
+    for k in range(in_features):
+        data += [int(q[r, k]) | int(q[r + 1, k]) << 4 for r in range(whole, out_features, 2)]
+    return torch.tensor(data, dtype=torch.uint8)
+
+
+@needs_native
+@pytest.mark.parametrize("block", [64, 32])
+def test_int4_products_in_both_split_layouts(block):
+    generator = torch.Generator().manual_seed(block)
+    q = torch.randint(0, 16, (80, 64), generator=generator, dtype=torch.int32)
+    packed = _pack_split(q, block)
+    assert torch.equal(kernels.unpack_int4_t(packed, 80, 64, (block, True)).int(), q.t())
+    scales = torch.rand(2, 80, generator=generator).bfloat16()
+    zeros = torch.randn(2, 80, generator=generator).bfloat16()
+    weight = (q.double() - 8) * scales.double().t().repeat_interleave(32, 1) + zeros.double().t().repeat_interleave(32, 1)
+    x = torch.randn(3, 64, generator=generator).bfloat16()
+    exact = x.double() @ weight.t()
+    got = native.int4_linear(x, packed, torch.stack([scales, zeros], dim=2).contiguous(), None, 32, block).double()
+    assert bool(((got - exact).abs() <= _bound(x.double(), weight, exact, torch.bfloat16)).all())
+    with pytest.raises(ValueError, match="blocks of 32 or 64 rows"):
+        native.int4_linear(x, packed, torch.stack([scales, zeros], dim=2).contiguous(), None, 32, 16)
+
+
+# The three code paths of native.c, each built explicitly (whatever this CPU would pick for itself).
+PATHS = {"avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"), "avx2": ("-mavx2", "-mfma"),
+         "portable": ()}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_every_code_path_computes_the_same_products(path, tmp_path):
+    flags = {"avx512": "avx512f", "avx2": "avx2"}.get(path)
+    if flags and flags not in cpu_identity()[1]:
+        pytest.skip(f"this CPU has no {flags}")
+    compiler = next((p for p in map(shutil.which, native.COMPILERS) if p), None)
+    if compiler is None:
+        pytest.skip("no C compiler here")
+    target = tmp_path / f"{path}.so"
+    assert native._compile(compiler, target, ("-O3", "-fopenmp", "-shared", "-fPIC", *PATHS[path])) is None
+    library = ctypes.CDLL(str(target))
+    native._declare(library)
+    assert native._self_test(library) is None
+    generator = torch.Generator().manual_seed(3)
+    for rows, out_features, in_features in SHAPES:
+        x = torch.randn(rows, in_features, generator=generator).bfloat16()
+        weight = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+        scales = torch.rand(out_features, generator=generator).bfloat16()
+        exact = x.double() @ (weight.double() * scales.double()[:, None]).t()
+        got = native._int8(library, x, weight, scales, None).double()
+        bound = _bound(x.double(), weight.double() * scales.double()[:, None], exact, torch.bfloat16)
+        assert bool(((got - exact).abs() <= bound).all()), (path, rows, out_features, in_features)
+        got16 = native._bf16(library, x, weight.bfloat16(), None).double()
+        exact16 = x.double() @ weight.double().t()
+        assert bool(((got16 - exact16).abs() <= _bound(x.double(), weight.double(), exact16, torch.bfloat16)).all())
+    if kernels.int4_layout() in ((64, True), (32, True)):
+        for rows, out_features, in_features, group_size in INT4_SHAPES:
+            x, packed, scales_and_zeros, weight = _int4_case(rows, out_features, in_features, group_size,
+                                                             torch.bfloat16, out_features)
+            exact = x.double() @ weight.t()
+            got = native._int4(library, x, packed, scales_and_zeros, None, group_size,
+                               kernels.int4_layout()[0]).double()
+            assert bool(((got - exact).abs() <= _bound(x.double(), weight, exact, torch.bfloat16)).all()), (
+                path, rows, out_features)
+
+
+@needs_native
+@pytest.mark.parametrize("rows, out_features, in_features", SHAPES)
+def test_bf16_products_equal_the_float64_product(rows, out_features, in_features):
+    generator = torch.Generator().manual_seed(rows + in_features)
+    x = torch.randn(rows, in_features, generator=generator).bfloat16()
+    weight = torch.randn(out_features, in_features, generator=generator).bfloat16()
+    bias = torch.randn(out_features, generator=generator).bfloat16()
+    exact = x.double() @ weight.double().t() + bias.double()
+    got = native.bf16_linear(x, weight, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+    assert bool(((got.double() - exact).abs() <= _bound(x.double(), weight.double(), exact, torch.bfloat16)).all())
+
+
+@needs_native
+def test_the_library_is_built_once_into_the_cache_folder_and_reused(fresh_build):
+    assert native.available() and native.unavailable_reason() is None
+    built = list(fresh_build.glob("biogpt-native-*.so"))
+    assert len(built) == 1 and not list(fresh_build.glob(".*.tmp"))  # renamed into place, nothing half-written
+    stamp = built[0].stat().st_mtime_ns
+    native._library.cache_clear()
+    assert native.available() and built[0].stat().st_mtime_ns == stamp  # loaded again, not rebuilt
+
+
+def test_without_a_compiler_there_is_no_native_candidate_and_the_reason_is_said(fresh_build, monkeypatch):
+    monkeypatch.setattr(native, "COMPILERS", ("no-such-compiler-here",))
+    assert native.unavailable_reason() == "no C compiler (no-such-compiler-here) on this machine"
+    assert not native.available()
+    assert "native" not in kernels.candidates("bfloat16", "decode")
+    assert "native" not in kernels.candidates("int8-bfloat16", "decode")
+    plan = kernels.plan_kernels([torch.nn.Linear(8, 8).bfloat16()], "native", fresh_build / "k.json")
+    assert plan == {"bfloat16": dict.fromkeys(kernels.REGIMES, "aten")}  # forced, but it cannot run here
+
+
+def test_a_failing_compiler_leaves_no_file_behind(fresh_build, monkeypatch, tmp_path):
+    broken = tmp_path / "bin" / "cc"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken-cc 1.0; exit 0; fi\n"
+                      "echo 'native.c:1: error: this compiler is broken' >&2\nexit 1\n")
+    broken.chmod(broken.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(native, "COMPILERS", (str(broken),))
+    reason = native.unavailable_reason()
+    assert reason.startswith("cc -O3 -march=native") and reason.endswith("native.c:1: error: this compiler is broken")
+    assert not native.available()
+    assert not fresh_build.exists() or not any(fresh_build.iterdir())
+
+
+@needs_native
+def test_an_unwritable_cache_folder_builds_in_the_temporary_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"  # the cache "folder" is a file: no one, root included, can create it
+    blocker.write_text("")
+    monkeypatch.setenv("BIOGPT_KERNEL_CACHE", str(blocker / "cpu-kernels.json"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    native._library.cache_clear()
+    try:
+        assert native.available()
+        assert len(list((tmp_path / "tmp").glob("biogpt-*/biogpt-native-*.so"))) == 1
+    finally:
+        native._library.cache_clear()
+
+
+@needs_native
+def test_forcing_native_gives_it_to_one_and_few_row_products_only(tmp_path):
+    plan = kernels.plan_kernels([torch.nn.Linear(8, 8).bfloat16()], "native", tmp_path / "k.json")
+    assert plan == {"bfloat16": {"decode": "native", "batch": "native", "prefill": "aten"}}
+    plan = kernels.plan_kernels([torch.nn.Linear(8, 8)], "native", tmp_path / "k.json")
+    assert plan == {"float32": dict.fromkeys(kernels.REGIMES, "aten")}  # float32 weights: ATen streams them fine
+
+
+PROMPTS = ["Aspirin is used to treat", "The patient presented with acute"]
+
+
+@needs_native
+@pytest.mark.parametrize("config", [
+    None, TorchAoConfig("int8_weight_only"),
+    pytest.param(TorchAoConfig("int4_weight_only", group_size=32), marks=pytest.mark.skipif(
+        kernels.int4_layout() not in ((64, True), (32, True)), reason="torch packs int4 in pairs here"))],
+    ids=["bf16", "int8", "int4"])
+def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(config):
+    path = catalog.demo_path("causal-lm")
+    tokenizer = BioGptTokenizer.from_pretrained(path)
+    reference = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+                                                  cpu_kernels="aten")
+    model = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+                                              cpu_kernels="native")
+    assert {plan["decode"] for plan in model.cpu_kernel_plan.values()} == {"native"}
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
+        assert torch.equal(model.generate(ids, max_new_tokens=16, do_sample=False), expected), prompt
+
+
+@needs_native
+def test_a_non_contiguous_row_is_computed_like_a_contiguous_one():
+    layer = torch.nn.Linear(64, 48).bfloat16()
+    layer.__class__ = kernels.CpuLinear
+    layer.kernels = dict.fromkeys(kernels.REGIMES, "native")
+    x = torch.randn(3, 7, 64).bfloat16()[:, -1:]  # the last position of a batch, as logits_to_keep makes
+    with torch.inference_mode():
+        assert torch.equal(layer(x), layer(x.contiguous()))
+        torch.testing.assert_close(layer(x).float(), F.linear(x.float(), layer.weight.float(), layer.bias.float()),
+                                   rtol=2e-2, atol=2e-2)
