@@ -199,7 +199,7 @@ DEFINE_ROWS(rows_bf16, uint16_t, block_bf16, row1_bf16)
 static const float *as_float(const void *x, int bf16, int64_t count, float **owned) {
     *owned = NULL;
     if (!bf16) return (const float *)x;
-    float *xf = (float *)malloc((size_t)count * sizeof(float));
+    float *xf = (float *)malloc((size_t)(count > 0 ? count : 1) * sizeof(float)); /* malloc(0) may be NULL */
     if (!xf) return NULL;
     for (int64_t i = 0; i < count; ++i) xf[i] = bf16_scalar(((const uint16_t *)x)[i]);
     *owned = xf;

@@ -15,7 +15,16 @@ from biogpt import BioGptForCausalLM, BioGptTokenizer, catalog, kernels, native
 from biogpt.devices import cpu_identity
 from biogpt.quantization import TorchAoConfig
 
-needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels here: {native.unavailable_reason()}")
+
+@pytest.fixture
+def native_kernels():
+    """Skip where the kernels cannot be built. A fixture, not a collection-time mark: the first build must happen
+    after the session fixture has pointed the kernel cache (where the library is built) at a temporary folder."""
+    if not native.available():
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+
+
+needs_native = pytest.mark.usefixtures("native_kernels")
 
 
 @pytest.fixture
@@ -252,6 +261,14 @@ def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(config):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
         assert torch.equal(model.generate(ids, max_new_tokens=16, do_sample=False), expected), prompt
+
+
+@needs_native
+def test_no_rows_give_an_empty_result():
+    """An empty batch reaches the kernels too (a batch regime product with 0 rows)."""
+    x = torch.zeros(0, 64).bfloat16()
+    assert native.bf16_linear(x, torch.ones(8, 64).bfloat16(), None).shape == (0, 8)
+    assert native.int8_linear(x, torch.ones(8, 64, dtype=torch.int8), torch.ones(8).bfloat16(), None).shape == (0, 8)
 
 
 @needs_native
