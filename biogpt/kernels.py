@@ -292,6 +292,7 @@ class Int4Linear(_QuantizedLinear):
 # j + block/2 (high), in the "pairs" one rows 2j and 2j + 1. The last `out % block` rows always form one block of
 # pairs. (rows per block, split) for each, in the order they are tried:
 INT4_LAYOUTS = ((64, True), (32, True), (32, False))
+NATIVE_INT4_LAYOUTS = INT4_LAYOUTS[:2]  # the ones `native.int4_linear` reads
 
 
 def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int,
@@ -426,7 +427,7 @@ CANDIDATES = (
     Candidate("native", frozenset({"bfloat16", "int8-float32", "int8-bfloat16"}), frozenset({"decode", "batch"}),
               lambda fmt: native.available()),
     Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch"}),
-              lambda fmt: native.available() and (int4_layout() or (0, False))[1]),  # the split layouts
+              lambda fmt: native.available() and int4_layout() in NATIVE_INT4_LAYOUTS),
     Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ INT4_SHAPES = [(1, 64, 128, 32), (1, 80, 256, 64), (3, 16, 64, 32), (5, 144, 128
 
 
 @needs_native
-@pytest.mark.skipif(kernels.int4_layout() not in ((64, True), (32, True)), reason="torch packs int4 in pairs here")
+@pytest.mark.skipif(kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows, out_features, in_features, group_size", INT4_SHAPES)
 def test_int4_products_equal_the_dequantized_float64_product(dtype, rows, out_features, in_features, group_size):
@@ -161,7 +162,7 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
         got16 = native._bf16(library, x, weight.bfloat16(), None).double()
         exact16 = x.double() @ weight.double().t()
         assert bool(((got16 - exact16).abs() <= _bound(x.double(), weight.double(), exact16, torch.bfloat16)).all())
-    if kernels.int4_layout() in ((64, True), (32, True)):
+    if kernels.int4_layout() in kernels.NATIVE_INT4_LAYOUTS:
         for rows, out_features, in_features, group_size in INT4_SHAPES:
             x, packed, scales_and_zeros, weight = _int4_case(rows, out_features, in_features, group_size,
                                                              torch.bfloat16, out_features)
@@ -247,7 +248,7 @@ PROMPTS = ["Aspirin is used to treat", "The patient presented with acute"]
 @pytest.mark.parametrize("config", [
     None, TorchAoConfig("int8_weight_only"),
     pytest.param(TorchAoConfig("int4_weight_only", group_size=32), marks=pytest.mark.skipif(
-        kernels.int4_layout() not in ((64, True), (32, True)), reason="torch packs int4 in pairs here"))],
+        kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here"))],
     ids=["bf16", "int8", "int4"])
 def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(config):
     path = catalog.demo_path("causal-lm")
@@ -261,6 +262,19 @@ def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(config):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
         assert torch.equal(model.generate(ids, max_new_tokens=16, do_sample=False), expected), prompt
+
+
+@needs_native
+def test_concurrent_callers_get_exactly_their_own_results():
+    """The app calls the kernels from several threads at once (the batching engine, the beam worker): each call's
+    result is bit-for-bit the one it gets alone (each output row is summed in one fixed order, whatever the team)."""
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(256, 512, generator=generator).bfloat16()
+    inputs = [torch.randn(1 + i % 3, 512, generator=generator).bfloat16() for i in range(12)]
+    alone = [native.bf16_linear(x, weight, None) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda x: native.bf16_linear(x, weight, None), inputs * 5))
+    assert all(torch.equal(got, alone[i % len(inputs)]) for i, got in enumerate(together))
 
 
 @needs_native
