@@ -54,13 +54,16 @@ def _library() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     digest = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), model.encode(),
                                         " ".join(sorted(flags)).encode()])).hexdigest()[:16]
     name = f"biogpt-native-{digest}.so"
-    for folder in (Settings.from_env().kernel_cache.parent, Path(tempfile.gettempdir()) / f"biogpt-{os.getuid()}"):
+    # The kernel cache's folder, else (a read-only home) a per-user folder in the temporary folder.
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    for folder in (Settings.from_env().kernel_cache.parent, Path(tempfile.gettempdir()) / f"biogpt{user}"):
         target = folder / name
         if not target.is_file():
-            reason = _compile(compiler, target)
+            try:
+                reason = _compile(compiler, target)
+            except OSError:
+                continue  # this folder cannot be written: try the next one
             if reason:
-                if reason.startswith("cannot write"):
-                    continue  # a read-only cache folder: build in the temporary folder instead
                 return None, reason
         try:
             library = ctypes.CDLL(str(target))
@@ -73,13 +76,11 @@ def _library() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
 
 
 def _compile(compiler: str, target: Path, flags: tuple[str, ...] = FLAGS) -> Optional[str]:
-    """Build `target` through a temporary file in its folder, renamed into place; None, or why it failed."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(handle)
-    except OSError as exc:
-        return f"cannot write {target.parent}: {exc}"
+    """Build `target` through a temporary file in its folder, renamed into place; None, or why the compiler failed.
+    Raises OSError when the folder cannot be written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
     tmp = Path(tmp_name)
     try:
         done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
