@@ -30,16 +30,14 @@ static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
 static inline vec vset(float v) { return _mm512_set1_ps(v); }
 static inline void vstore(float *p, vec a) { _mm512_storeu_ps(p, a); }
-/* LANES packed bytes at p: their low (high) nibbles minus 8 as floats, through a 16-entry table */
-static inline vec vnib_lo(const uint8_t *p) {
-    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)), table);
+/* LANES packed bytes at p: their low (high) nibbles minus 8 as floats. The table lookup reads only the low four
+   bits of each lane, so the low nibbles need no mask. */
+static inline __m512i vbytes(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+static inline vec vnib(__m512i lanes) {
+    return _mm512_permutexvar_ps(lanes, _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
 }
-static inline vec vnib_hi(const uint8_t *p) {
-    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
-}
+static inline vec vnib_lo(const uint8_t *p) { return vnib(vbytes(p)); }
+static inline vec vnib_hi(const uint8_t *p) { return vnib(_mm512_srli_epi32(vbytes(p), 4)); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LANES 8
@@ -62,14 +60,12 @@ static inline float vsum(vec a) {
 }
 static inline vec vset(float v) { return _mm256_set1_ps(v); }
 static inline void vstore(float *p, vec a) { _mm256_storeu_ps(p, a); }
-static inline vec vnib_lo(const uint8_t *p) {
-    __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(15))), _mm256_set1_ps(8));
+static inline __m256i vbytes(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline vec vnib(__m256i lanes) { /* the low four bits of each lane, minus 8, as floats */
+    return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lanes, _mm256_set1_epi32(15))), _mm256_set1_ps(8));
 }
-static inline vec vnib_hi(const uint8_t *p) {
-    __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)), _mm256_set1_ps(8));
-}
+static inline vec vnib_lo(const uint8_t *p) { return vnib(vbytes(p)); }
+static inline vec vnib_hi(const uint8_t *p) { return vnib(_mm256_srli_epi32(vbytes(p), 4)); }
 #else /* any other CPU: the compiler's own vectorization of the scalar code */
 #define LANES 1
 typedef float vec;
@@ -105,25 +101,25 @@ static inline uint16_t bf16_round(float f) { /* round to nearest even, as torch'
 #define ROWS 4   /* output rows per block: four independent accumulators hide the FMA latency, x is loaded once */
 #define MCHUNK 4 /* input rows per pass over a block (4 x 4 accumulators + 4 weights fit the vector registers) */
 
-/* Dot products of NR weight rows (w, row stride K) with MC rows of xf (row stride K) into out[m * ROWS + r]: each
-   weight is loaded once for all MC rows. Inlined with constant NR and MC so the accumulators stay in registers. */
+/* Dot products of ROWS weight rows (w, row stride K) with MC rows of xf (row stride K) into out[m * ROWS + r]: each
+   weight is loaded once for all MC rows. Inlined with a constant MC so the accumulators stay in registers. */
 #define DEFINE_BLOCK(NAME, WT, LOADW)                                                                          \
-    static inline __attribute__((always_inline)) void NAME(const WT *w, const float *xf, int64_t K, int NR,     \
-                                                           int MC, float *out) {                                \
+    static inline __attribute__((always_inline)) void NAME(const WT *w, const float *xf, int64_t K, int MC,     \
+                                                           float *out) {                                        \
         vec acc[MCHUNK][ROWS];                                                                                 \
         _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = vzero();                          \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = vzero();                        \
         int64_t k = 0;                                                                                         \
         for (; k + LANES <= K; k += LANES) {                                                                   \
             vec wv[ROWS];                                                                                      \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) wv[r] = LOADW(w + r * K + k);                 \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) wv[r] = LOADW(w + r * K + k);               \
             _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m) {                                             \
                 vec xv = vload(xf + m * K + k);                                                                \
-                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = vfma(wv[r], xv, acc[m][r]);   \
+                _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = vfma(wv[r], xv, acc[m][r]); \
             }                                                                                                  \
         }                                                                                                      \
         _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                             \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) {                                           \
                 float s = vsum(acc[m][r]);                                                                     \
                 for (int64_t t = k; t < K; ++t) s += LOADW##_scalar(w[r * K + t]) * xf[m * K + t];             \
                 out[m * ROWS + r] = s;                                                                         \
@@ -175,10 +171,10 @@ static inline float value_at(const void *values, int bf16, int64_t index) {
                     for (int r = 0; r < NR; ++r) out[m * ROWS + r] = ROW1(wn + r * K, xm + m * K, K);          \
             } else {                                                                                           \
                 switch (MC) {                                                                                  \
-                    case 1: BLOCK(wn, xm, K, ROWS, 1, out); break;                                             \
-                    case 2: BLOCK(wn, xm, K, ROWS, 2, out); break;                                             \
-                    case 3: BLOCK(wn, xm, K, ROWS, 3, out); break;                                             \
-                    default: BLOCK(wn, xm, K, ROWS, MCHUNK, out);                                              \
+                    case 1: BLOCK(wn, xm, K, 1, out); break;                                               \
+                    case 2: BLOCK(wn, xm, K, 2, out); break;                                               \
+                    case 3: BLOCK(wn, xm, K, 3, out); break;                                               \
+                    default: BLOCK(wn, xm, K, MCHUNK, out);                                                    \
                 }                                                                                              \
             }                                                                                                  \
             for (int m = 0; m < MC; ++m)                                                                       \
@@ -235,8 +231,8 @@ static const float *as_float(const void *x, int bf16, int64_t count, float **own
             }                                                                                                  \
             int64_t g = k0 / group;                                                                            \
             for (int r = 0; r < (B); ++r) {                                                                    \
-                scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);                                              \
-                zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * sum_x;                                   \
+                scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);                                           \
+                zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * sum_x;                                \
             }                                                                                                  \
             _Pragma("GCC unroll 8") for (int v = 0; v < VECS; ++v)                                             \
                 total[v] = vadd(vfma(acc[v], vload(scale + v * LANES), total[v]), vload(zero + v * LANES));    \

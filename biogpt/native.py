@@ -138,15 +138,20 @@ def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _checked(status: int, kernel: str, out: torch.Tensor) -> torch.Tensor:
+    """`out`, once the kernel returned 0 (its only failure: no memory for its float32 copy of the input)."""
+    if status:
+        raise MemoryError(f"the native {kernel} kernel could not allocate its input buffer")
+    return out
+
+
 def _int8(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
           bias: Optional[torch.Tensor]) -> torch.Tensor:
     out = torch.empty(rows.shape[0], weight.shape[0], dtype=rows.dtype)
     status = library.biogpt_int8_linear(rows.data_ptr(), weight.data_ptr(), scales.data_ptr(), _pointer(bias),
                                         out.data_ptr(), int(rows.dtype == torch.bfloat16), rows.shape[0],
                                         weight.shape[0], weight.shape[1])
-    if status:
-        raise MemoryError("the native int8 kernel could not allocate its input buffer")
-    return out
+    return _checked(status, "int8", out)
 
 
 def _bf16(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
@@ -154,9 +159,7 @@ def _bf16(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, bias: 
     out = torch.empty(rows.shape[0], weight.shape[0], dtype=torch.bfloat16)
     status = library.biogpt_bf16_linear(rows.data_ptr(), weight.data_ptr(), _pointer(bias), out.data_ptr(),
                                         rows.shape[0], weight.shape[0], weight.shape[1])
-    if status:
-        raise MemoryError("the native bf16 kernel could not allocate its input buffer")
-    return out
+    return _checked(status, "bf16", out)
 
 
 def _int4(library: ctypes.CDLL, rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
@@ -168,9 +171,7 @@ def _int4(library: ctypes.CDLL, rows: torch.Tensor, packed: torch.Tensor, scales
                                         _pointer(bias), out.data_ptr(), int(rows.dtype == torch.bfloat16),
                                         rows.shape[0], scales_and_zeros.shape[1], rows.shape[1], group_size,
                                         block_rows)
-    if status:
-        raise MemoryError("the native int4 kernel could not allocate its input buffer")
-    return out
+    return _checked(status, "int4", out)
 
 
 def int8_linear(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
