@@ -41,7 +41,14 @@ COMPILE_TIMEOUT_S = 120
 
 @functools.lru_cache(maxsize=1)
 def _library() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    """(the loaded library, None) or (None, why not)."""
+    """(the loaded library, None) or (None, why not), decided once per process; the reason is logged."""
+    library, reason = _build_and_load()
+    if reason:
+        logger.info("No native CPU kernels (PyTorch's are used): %s", reason)
+    return library, reason
+
+
+def _build_and_load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     compiler = next((path for path in map(shutil.which, COMPILERS) if path), None)
     if compiler is None:
         return None, f"no C compiler ({' or '.join(COMPILERS)}) on this machine"

@@ -196,9 +196,12 @@ def test_the_library_is_built_once_into_the_cache_folder_and_reused(fresh_build)
     assert native.available() and built[0].stat().st_mtime_ns == stamp  # loaded again, not rebuilt
 
 
-def test_without_a_compiler_there_is_no_native_candidate_and_the_reason_is_said(fresh_build, monkeypatch):
+def test_without_a_compiler_there_is_no_native_candidate_and_the_reason_is_said(fresh_build, monkeypatch, caplog):
     monkeypatch.setattr(native, "COMPILERS", ("no-such-compiler-here",))
-    assert native.unavailable_reason() == "no C compiler (no-such-compiler-here) on this machine"
+    with caplog.at_level("INFO", logger="biogpt.native"):
+        assert native.unavailable_reason() == "no C compiler (no-such-compiler-here) on this machine"
+    assert caplog.messages == ["No native CPU kernels (PyTorch's are used): no C compiler (no-such-compiler-here) "
+                               "on this machine"]
     assert not native.available()
     assert "native" not in kernels.candidates("bfloat16", "decode")
     assert "native" not in kernels.candidates("int8-bfloat16", "decode")
