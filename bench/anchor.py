@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .common import median
 
@@ -121,25 +121,37 @@ def _run(model: Path, threads: int, new_tokens: int) -> tuple[float, int]:
     return float(predict.group(1)) / 1000, int(prompt.group(1))
 
 
-def decode_tok_s(model: Path, threads: int, new_tokens: int, repeats: int) -> dict[str, Any]:
-    """Decode tok/s after the prompt: the difference of runs with 4 and 4 + `new_tokens` generated tokens."""
+def decode_tok_s(model: Path, threads: int, new_tokens: int, repeats: int,
+                 ours: Optional[Callable[[int, int], float]] = None) -> dict[str, Any]:
+    """Decode tok/s after the prompt: the difference of runs with 4 and 4 + `new_tokens` generated tokens.
+
+    With `ours` ((prompt tokens, new tokens) -> seconds of one greedy run in this process), ours is measured the same
+    way, run for run alternated with biogpt.cpp: a shared host's speed drifts by tens of percent over minutes, so
+    only runs taken side by side compare (`ours_decode_tok_s`)."""
     short, long = 4, 4 + new_tokens
-    _run(model, threads, short)  # warm-up: page cache, first-touch of the weights
-    deltas = []
+    _, prompt_tokens = _run(model, threads, short)  # warm-up: page cache, first-touch of the weights
+    runners: dict[str, Callable[[int], float]] = {"ggml": lambda n: _run(model, threads, n)[0]}
+    if ours is not None:
+        ours(prompt_tokens, short)  # warm-up
+        runners["ours"] = lambda n: ours(prompt_tokens, n)
+    deltas: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(repeats):
-        runs = {}
-        for n in ((short, long) if r % 2 == 0 else (long, short)):
-            runs[n], prompt_tokens = _run(model, threads, n)
-        deltas.append(runs[long] - runs[short])
-    return {"decode_tok_s": new_tokens / median(deltas), "runs_s": deltas, "prompt_tokens": prompt_tokens,
-            "threads": threads, "model": str(model)}
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            runs = {n: runners[name](n) for n in ((short, long) if r % 2 == 0 else (long, short))}
+            deltas[name].append(runs[long] - runs[short])
+    result = {"decode_tok_s": new_tokens / median(deltas["ggml"]), "runs_s": deltas["ggml"],
+              "prompt_tokens": prompt_tokens, "threads": threads, "model": str(model)}
+    if ours is not None:
+        result.update(ours_decode_tok_s=new_tokens / median(deltas["ours"]), ours_runs_s=deltas["ours"])
+    return result
 
 
-def measure(checkpoint: Path, vocab_dir: Path, kind: str, threads: int, new_tokens: int,
-            repeats: int) -> dict[str, Any]:
-    """The anchor's decode speed at the bits of `kind` (fp32, bf16 -> f16, int8 -> q8_0, int4 -> q4_0)."""
+def measure(checkpoint: Path, vocab_dir: Path, kind: str, threads: int, new_tokens: int, repeats: int,
+            ours: Optional[Callable[[int, int], float]] = None) -> dict[str, Any]:
+    """The anchor's decode speed at the bits of `kind` (fp32, bf16 -> f16, int8 -> q8_0, int4 -> q4_0), alternated
+    with `ours` when given (see `decode_tok_s`)."""
     model = convert(checkpoint, vocab_dir, kind)
-    result = decode_tok_s(model, threads, new_tokens, repeats)
+    result = decode_tok_s(model, threads, new_tokens, repeats, ours)
     result["ggml_type"] = GGML_TYPES[kind]
     return result
 

@@ -5,9 +5,11 @@
 
 Loads the random `microsoft/biogpt`-shaped checkpoint as the app would, runs a 16-token prompt, then times
 `--steps` single-token forward steps without the profiler (min and median) and profiles as many again. Op self
-times are grouped: matrix products (every linear kernel), attention (SDPA), GELU, LayerNorm, the other ATen ops
-(adds, views, the KV-cache copies, the causal mask), and "Python + dispatch" = the profiled step's wall time minus
-all op self times (the interpreter, module calls, argument parsing, the profiler's own cost). Also times the same
+times are grouped: the native decoder's layers (where `kernels.NativeDecoder` runs them: every layer's products,
+attention and the rest in one call), matrix products (every ATen / oneDNN linear kernel), attention (SDPA), GELU,
+LayerNorm, the other ATen ops (adds, views, the KV-cache copies, the causal mask), and "Python + dispatch" = the
+profiled step's wall time minus all op self times (the interpreter, module calls, argument parsing, our own
+per-call native products such as the output head's, the profiler's own cost). Also times the same
 steps through `generate` so the decoding loop's own cost per token shows (generate's per-token time minus the bare
 forward's).
 """
@@ -22,6 +24,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from biogpt.kernels import NATIVE_DECODER_EVENT
+
 from .common import build_checkpoint, machine
 
 LINEAR_OPS = {"aten::mv", "aten::addmv", "aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise",
@@ -29,6 +33,8 @@ LINEAR_OPS = {"aten::mv", "aten::addmv", "aten::addmm", "aten::mm", "aten::bmm",
 
 
 def _group(name: str) -> str:
+    if name == NATIVE_DECODER_EVENT:
+        return "native decoder layers (one call)"
     if name in LINEAR_OPS:
         return "matrix products"
     if "scaled_dot_product" in name or "flash_attention" in name:

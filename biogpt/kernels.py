@@ -15,8 +15,8 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
 - *Candidates* (`CANDIDATES`): for each format and regime, the ways to compute it: always `aten` (exactly what
   transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
   one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout), `native` (our
-  own products of bf16, int8 and int4 weights with a few rows, `biogpt/native.c`, compiled here at first use: see
-  `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only
+  own products of float32, bf16, int8 and int4 weights with a few rows, `biogpt/native.c`, compiled here at first
+  use: see `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only
   over many rows).
 - *The probe* (`probe`): times every candidate on the model's own weight matrices (so the working set is the real
   one, not cache-resident toys), alternating them, best of a few rounds, and picks the fastest; `aten` keeps the
@@ -29,8 +29,10 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
   `aten` (plain PyTorch everywhere), or one candidate name used wherever it applies.
 
 `apply_cpu_kernels(model)` swaps the class of the decoder's and output head's float `nn.Linear` layers to
-`CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime;
-`remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and torch.compile tracing always
+`CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime; where decoding is
+`native` it also gives the decoder a `NativeDecoder`, which runs all the layers of a batch-1 decode step in one
+native call (the probe therefore gives decoding to `native` unless another kernel streams faster by more than
+NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and torch.compile tracing always
 take `F.linear`.
 """
 
@@ -65,13 +67,17 @@ PROBE_ROWS = {"decode": 1, "batch": 16, "prefill": 256}
 PREFILL_ROWS = 128
 # A candidate replaces `aten` only when it is at least this much faster (the noise of a short measurement).
 MARGIN = 0.05
+# How much slower than the best its products may measure for `native` to keep decoding: a decode step through
+# `NativeDecoder` (one native call for all layers) took 13-29% less time than the same products called layer by
+# layer from the module code (bench/RESULTS.md, 2026-12-02), so a product-only disadvantage below that still wins.
+NATIVE_DECODE_ALLOWANCE = 0.25
 # Formats with fewer bytes of weights than this are not probed (ATen): everything sits in the caches and per-call
 # overhead dominates, so the candidates cannot be told apart (the tiny models of a test suite load in milliseconds).
 PROBE_MIN_BYTES = 4 * 2**20
 # Load average per core above which a probe's measurement counts as disturbed, and below which the machine is quiet.
 BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
 CHOICES = CPU_KERNEL_CHOICES
-CACHE_VERSION = 2  # 2: the `native` candidate exists
+CACHE_VERSION = 3  # 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder)
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "asimd", "sve", "bf16")
 
@@ -375,7 +381,7 @@ class CpuLinear(nn.Linear):
             out = torch.mv(weight, vector) if bias is None else torch.addmv(bias, weight, vector)
             return out.view(*x.shape[:-1], out.shape[-1])
         if kernel == "native":
-            out = native.bf16_linear(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
+            out = native.dense_linear(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return out.view(*x.shape[:-1], out.shape[-1])
         if kernel == "onednn":
             if x.dtype == torch.bfloat16:
@@ -424,7 +430,7 @@ CANDIDATES = (
     Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
     Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
     Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(parse_dtype(fmt))),
-    Candidate("native", frozenset({"bfloat16", "int8-float32", "int8-bfloat16"}), frozenset({"decode", "batch"}),
+    Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, frozenset({"decode", "batch"}),
               lambda fmt: native.available()),
     Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch"}),
               lambda fmt: native.available() and int4_layout() in NATIVE_INT4_LAYOUTS),
@@ -584,9 +590,14 @@ def _measured_busy(entry: Mapping) -> bool:
     return then is not None and now is not None and then > BUSY_LOAD and now < QUIET_LOAD
 
 
-def pick(timings: Mapping[str, float]) -> str:
-    """The fastest candidate; `aten` unless another is faster by more than MARGIN."""
+def pick(timings: Mapping[str, float], regime_name: str) -> str:
+    """The fastest candidate; `aten` unless another is faster by more than MARGIN. In the decode regime `native`
+    wins unless another is faster by more than NATIVE_DECODE_ALLOWANCE: it also runs whole decoder layers in one
+    call (`NativeDecoder`), which saves more than the products it is timed on."""
     best = min(timings, key=timings.get)
+    if (regime_name == "decode" and "native" in timings
+            and timings["native"] <= (1 + NATIVE_DECODE_ALLOWANCE) * timings[best]):
+        return "native"
     if "aten" in timings and timings[best] > (1 - MARGIN) * timings["aten"]:
         return "aten"
     return best
@@ -602,7 +613,7 @@ def probe(fmt: str, layers: list[nn.Module], measure: Measure = measure_candidat
             kernels[regime_name] = names[0]
             continue
         timings[regime_name] = measure(fmt, probe_sample(layers, regime_name), regime_name, names)
-        kernels[regime_name] = pick(timings[regime_name])
+        kernels[regime_name] = pick(timings[regime_name], regime_name)
     # A choice other than ATen is measured again, after the other regimes, and decided on the best time of both
     # windows: a few rounds slowed by another process (it happened: ATen's 512-row products measured 28% slow
     # once) must not give this machine a slower kernel for good, since the choice is cached.
@@ -610,7 +621,7 @@ def probe(fmt: str, layers: list[nn.Module], measure: Measure = measure_candidat
         if name != "aten" and "aten" in timings.get(regime_name, {}):
             again = measure(fmt, probe_sample(layers, regime_name), regime_name, ["aten", name])
             timings[regime_name] = {n: min(t, again.get(n, t)) for n, t in timings[regime_name].items()}
-            kernels[regime_name] = pick(timings[regime_name])
+            kernels[regime_name] = pick(timings[regime_name], regime_name)
     return {"kernels": kernels, "timings": timings}
 
 
@@ -662,6 +673,127 @@ def plan_kernels(layers: list[nn.Module], choice: str, cache_file: Optional[Path
     return plans
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Whole decoder layers in one native call
+# ----------------------------------------------------------------------------------------------------------------
+# The profiler event of a native decode step's layers (bench.profile_step groups the step's time by event).
+NATIVE_DECODER_EVENT = "biogpt::native_decoder_layers"
+
+
+class NativeDecoder:
+    """The decoder layers of a decode step in one call of `native.decode_layers` (the model's own tensors; see
+    native.c): what `BioGptModel.run_layers` calls instead of its loop when set as the model's `native_decoder`
+    (`apply_cpu_kernels` does it where the decode products are `native`).
+
+    Called with (layers, hidden (rows, 1, H), mask (rows, 1, 1, keys) booleans or None, cache), it returns the last
+    layer's output, or None for a step it does not compute, which then takes the module code: anything but one new
+    token per row after a `KVCache` with room for it, several rows where the batch regime's products are not
+    `native`, autograd recording, torch.compile tracing, a layer whose decode kernel is not `native`, an activation
+    other than GELU. The layers' modules, kernels and tensor addresses are read at every call (`_fingerprint`,
+    ~0.2 ms), so a model moved, converted or re-quantized after loading is never computed from stale pointers.
+    """
+
+    def __init__(self) -> None:
+        self._built: dict[str, tuple] = {}  # regime -> (fingerprint, the native layer array or None)
+
+    def __getstate__(self) -> dict:
+        return {"_built": {}}  # pointers into this process's tensors mean nothing in a copy
+
+    def __call__(self, layers: nn.ModuleList, hidden: torch.Tensor, mask: Optional[torch.Tensor],
+                 cache: Optional[object]) -> Optional[torch.Tensor]:
+        rows = hidden.shape[0]
+        if (cache is None or hidden.shape[1] != 1 or torch.is_grad_enabled() or hidden.device.type != "cpu"
+                or torch.compiler.is_compiling() or getattr(cache, "index", None) is not None
+                or not hasattr(cache, "keys") or cache.batch_size != rows or cache.length >= cache.capacity):
+            return None
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != (rows, 1, 1, cache.length + 1)):
+            return None
+        keys, values = cache.keys, cache.values
+        if any(t.dtype != hidden.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in keys + values):
+            return None
+        specs = self._layer_specs(layers, hidden.dtype, regime(rows))
+        if specs is None:
+            return None
+        attention = layers[0].self_attn
+        may_attend = mask.reshape(rows, -1).contiguous() if mask is not None else None
+        with torch.profiler.record_function(NATIVE_DECODER_EVENT):
+            out = native.decode_layers(specs, keys, values, hidden.reshape(rows, -1).contiguous(), may_attend,
+                                       attention.num_heads, cache.length, layers[0].self_attn_layer_norm.eps,
+                                       attention.scaling)
+        return out.view_as(hidden)
+
+    def _layer_specs(self, layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> Optional[object]:
+        """The native layer array for this step (rebuilt, and checked in full, when the fingerprint changed), or None
+        when these layers cannot run natively in this regime."""
+        if regime_name == "prefill":
+            return None
+        fingerprint = (dtype, _fingerprint(layers, regime_name))
+        built = self._built.get(regime_name)
+        if built is None or built[0] != fingerprint:
+            built = self._built[regime_name] = (fingerprint, _native_layers(layers, dtype, regime_name))
+        return built[1]
+
+
+def _fingerprint(layers: nn.ModuleList, regime_name: str) -> tuple:
+    """What a native layer array depends on: the modules, their kernel for the regime, their tensors' addresses.
+    Read through the modules' own dicts, since it runs at every step (nn.Module's attribute lookup made the same
+    walk cost ~2 ms per step, 10% of a bf16 step on two cores)."""
+    parts: list = []
+    for layer in layers:
+        modules = layer._modules
+        attention = modules["self_attn"]._modules
+        for module in (modules["self_attn_layer_norm"], attention["q_proj"], attention["k_proj"], attention["v_proj"],
+                       attention["out_proj"], modules["final_layer_norm"], modules["fc1"], modules["fc2"]):
+            parts.append(id(module))
+            parts.append(module.__dict__.get("kernels", CpuLinear.kernels).get(regime_name))
+            parts.extend(t.data_ptr() if t is not None else 0 for t in module._parameters.values())
+            parts.extend(t.data_ptr() for t in module._buffers.values() if t is not None)
+    return tuple(parts)
+
+
+def _native_layers(layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> Optional[object]:
+    """An array of native.c's `Layer`, one per decoder layer, or None unless every linear runs `native` in the regime
+    with `dtype` as its compute dtype, every tensor is contiguous on the CPU and the activation is GELU."""
+    tensors, linears = [], []
+    for layer in layers:
+        if layer.activation is not F.gelu:
+            return None
+        attention = layer.self_attn
+        for norm in (layer.self_attn_layer_norm, layer.final_layer_norm):
+            tensors += [norm.weight, norm.bias]
+        linears += [attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.fc1, layer.fc2]
+    if any(t.dtype != dtype for t in tensors):
+        return None
+    for module in linears:
+        quantized = isinstance(module, _QuantizedLinear)
+        if (getattr(module, "kernels", {}).get(regime_name) != "native"
+                or (module.compute_dtype if quantized else module.weight.dtype) != dtype):
+            return None
+        tensors += [module.weight, module.bias, module.scale_tensor() if quantized else None]
+    if any(t is not None and (t.device.type != "cpu" or not t.is_contiguous()) for t in tensors):
+        return None
+    specs = []
+    for layer in layers:
+        attention, norms = layer.self_attn, (layer.self_attn_layer_norm, layer.final_layer_norm)
+        specs.append(native.layer_spec(
+            norms[0].weight, norms[0].bias, [_native_spec(m) for m in (attention.q_proj, attention.k_proj,
+                                                                        attention.v_proj, attention.out_proj)],
+            norms[1].weight, norms[1].bias, [_native_spec(layer.fc1), _native_spec(layer.fc2)]))
+    return native.layer_array(specs)
+
+
+def _native_spec(module: nn.Module) -> object:
+    """native.c's `Linear` for a linear layer whose decode kernel is `native`."""
+    if isinstance(module, Int8Linear):
+        return native.linear_spec(native.KIND_I8, module.weight, module.scales, module.bias, module.out_features,
+                                  module.in_features)
+    if isinstance(module, Int4Linear):
+        return native.linear_spec(native.KIND_I4, module.weight, module.scales_and_zeros, module.bias,
+                                  module.out_features, module.in_features, module.group_size, int4_layout()[0])
+    kind = native.KIND_BF16 if module.weight.dtype == torch.bfloat16 else native.KIND_F32
+    return native.linear_spec(kind, module.weight, None, module.bias, module.out_features, module.in_features)
+
+
 def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, cache_file: Optional[Path] = None,
                       measure: Measure = measure_candidates) -> dict[str, dict[str, str]]:
     """Give the model's CPU linears (decoder + output head) the kernels of `choice`; returns the plan used.
@@ -681,6 +813,10 @@ def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, c
             module.__class__ = CpuLinear
             module.kernels = dict(kernels)
     model.cpu_kernel_plan = plans
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "native_decoder"):  # a BioGPT decoder: whole layers in one native call where they can be
+        decode_native = any(plan.get("decode") == "native" for plan in plans.values())
+        base.native_decoder = NativeDecoder() if decode_native else None
     return plans
 
 
@@ -699,3 +835,4 @@ def remove_cpu_kernels(model: nn.Module) -> None:
         else:
             _to_plain(module)
     model.__dict__.pop("cpu_kernel_plan", None)
+    getattr(model, "base_model", model).__dict__.pop("native_decoder", None)

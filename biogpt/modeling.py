@@ -12,7 +12,7 @@ Reading order: `BioGptAttention`, `BioGptDecoderLayer`, `BioGptModel` (embedding
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -276,6 +276,11 @@ class BioGptModel(BioGptPreTrainedModel):
     """The decoder: token + position embeddings, `num_hidden_layers` pre-LN blocks, a final LayerNorm."""
 
     base_model_prefix = "biogpt"
+    # Set by `kernels.apply_cpu_kernels` where our native CPU kernels run the decode products: a callable that
+    # computes a decode step's layers in one call, given (layers, hidden, mask, cache), or returns None for a step it
+    # does not take.
+    native_decoder: Optional[Callable[[nn.ModuleList, torch.Tensor, Optional[torch.Tensor], Optional[KVCache]],
+                                      Optional[torch.Tensor]]] = None
 
     def __init__(self, config: BioGptConfig):
         super().__init__(config)
@@ -309,6 +314,11 @@ class BioGptModel(BioGptPreTrainedModel):
         `mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention; the caller
         advances `cache` once every layer has written its keys and values.
         """
+        if (self.native_decoder is not None and head_mask is None and not output_attentions
+                and not output_hidden_states and not self.training):
+            last = self.native_decoder(self.layers, hidden_states, mask, cache)
+            if last is not None:
+                return self.layer_norm(last), None, None
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for i, layer in enumerate(self.layers):

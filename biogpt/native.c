@@ -1,13 +1,20 @@
-/* Matrix-vector kernels for decoding on a CPU: y = x W^T + bias for a few rows of x.
+/* The decode step of BioGPT on a CPU: matrix-vector products, and whole decoder layers for one new token.
 
    Compiled on the user's machine by biogpt/native.py (gcc -O3 -march=native -fopenmp) and called through ctypes.
    A decode step reads every weight once for one row of x, so its speed is how fast the weights stream from
-   memory: these kernels read each weight once per call whatever the number of rows (up to a few), turn it into
-   float32 in registers and accumulate in float32. Weights: bfloat16; int8 with one scale per output row
-   (biogpt.kernels' Int8Linear); int4 in PyTorch's packed layout with a scale and a zero per group (Int4Linear).
-   x, scales, bias and y are all float32 or all bfloat16 (`bf16` argument).
-   OpenMP splits the output rows over the threads of the runtime torch itself uses (the same libgomp).
+   memory: the products read each weight once per call whatever the number of rows (up to a few), turn it into
+   float32 in registers and accumulate in float32. Weights (`Linear`): float32, bfloat16, int8 with one scale per
+   output row (biogpt.kernels' Int8Linear), int4 in PyTorch's packed layout with a scale and a zero per group
+   (Int4Linear). Everything else (x, scales, bias, LayerNorms, the key/value cache, y) is in the compute dtype:
+   all float32 or all bfloat16 (`bf16` argument).
+
+   `biogpt_decode_layers` runs every decoder layer of a decode step (one new token per sequence) in one call, its
+   threads meeting at spinning barriers: in PyTorch the same step is ~400 operator calls and ~150 thread wake-ups,
+   5-10 ms per token on two cores next to ~25 ms of weight streaming. It keeps activations in float32 and rounds them to bfloat16 wherever
+   PyTorch's bfloat16 modules round their outputs, so it computes what the module code computes (up to the order
+   of float32 sums). It runs on the OpenMP threads torch uses, as many as the caller says (see run_parallel).
 */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,109 +105,150 @@ static inline uint16_t bf16_round(float f) { /* round to nearest even, as torch'
     return (uint16_t)(bits >> 16);
 }
 
-#define ROWS 4   /* output rows per block: four independent accumulators hide the FMA latency, x is loaded once */
-#define MCHUNK 4 /* input rows per pass over a block (4 x 4 accumulators + 4 weights fit the vector registers) */
-
-/* Dot products of ROWS weight rows (w, row stride K) with MC rows of xf (row stride K) into out[m * ROWS + r]: each
-   weight is loaded once for all MC rows. Inlined with a constant MC so the accumulators stay in registers. */
-#define DEFINE_BLOCK(NAME, WT, LOADW)                                                                          \
-    static inline __attribute__((always_inline)) void NAME(const WT *w, const float *xf, int64_t K, int MC,     \
-                                                           float *out) {                                        \
-        vec acc[MCHUNK][ROWS];                                                                                 \
-        _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
-            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = vzero();                        \
-        int64_t k = 0;                                                                                         \
-        for (; k + LANES <= K; k += LANES) {                                                                   \
-            vec wv[ROWS];                                                                                      \
-            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) wv[r] = LOADW(w + r * K + k);               \
-            _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m) {                                             \
-                vec xv = vload(xf + m * K + k);                                                                \
-                _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = vfma(wv[r], xv, acc[m][r]); \
-            }                                                                                                  \
-        }                                                                                                      \
-        _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
-            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) {                                           \
-                float s = vsum(acc[m][r]);                                                                     \
-                for (int64_t t = k; t < K; ++t) s += LOADW##_scalar(w[r * K + t]) * xf[m * K + t];             \
-                out[m * ROWS + r] = s;                                                                         \
-            }                                                                                                  \
-    }
-
-static inline float vload_i8_scalar(int8_t v) { return (float)v; }
-static inline float vload_bf16_scalar(uint16_t v) { return bf16_scalar(v); }
-DEFINE_BLOCK(block_i8, int8_t, vload_i8)
-DEFINE_BLOCK(block_bf16, uint16_t, vload_bf16)
-
-/* One weight row against one row of x: a single sequential stream through memory (what the hardware prefetchers
-   follow best: measured 30% faster than four rows at once for one row of x), four accumulators along k. */
-#define DEFINE_ROW1(NAME, WT, LOADW)                                                                           \
-    static inline float NAME(const WT *w, const float *xf, int64_t K) {                                        \
-        vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                                            \
-        int64_t k = 0;                                                                                         \
-        for (; k + 4 * LANES <= K; k += 4 * LANES) {                                                           \
-            a0 = vfma(LOADW(w + k), vload(xf + k), a0);                                                        \
-            a1 = vfma(LOADW(w + k + LANES), vload(xf + k + LANES), a1);                                        \
-            a2 = vfma(LOADW(w + k + 2 * LANES), vload(xf + k + 2 * LANES), a2);                                \
-            a3 = vfma(LOADW(w + k + 3 * LANES), vload(xf + k + 3 * LANES), a3);                                \
-        }                                                                                                      \
-        for (; k + LANES <= K; k += LANES) a0 = vfma(LOADW(w + k), vload(xf + k), a0);                         \
-        float s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));                                                      \
-        for (; k < K; ++k) s += LOADW##_scalar(w[k]) * xf[k];                                                  \
-        return s;                                                                                              \
-    }
-
-DEFINE_ROW1(row1_i8, int8_t, vload_i8)
-DEFINE_ROW1(row1_bf16, uint16_t, vload_bf16)
+static inline float bf16_rounded(float f) { return bf16_scalar(bf16_round(f)); }
 
 /* A float32 or bfloat16 (`bf16`) value of an array of either. */
 static inline float value_at(const void *values, int bf16, int64_t index) {
     return bf16 ? bf16_scalar(((const uint16_t *)values)[index]) : ((const float *)values)[index];
 }
 
-/* One block of NR output rows starting at n, for every row of xf; results through scale and bias into y. */
-#define DEFINE_ROWS(NAME, WT, BLOCK, ROW1)                                                                     \
-    static void NAME(const WT *w, const float *xf, const void *scales, const void *bias, void *y, int bf16,   \
-                     int64_t M, int64_t N, int64_t K, int64_t n, int NR) {                                     \
+static inline void store_at(void *values, int bf16, int64_t index, float v) {
+    if (bf16) ((uint16_t *)values)[index] = bf16_round(v);
+    else ((float *)values)[index] = v;
+}
+
+enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_I8 = 2, KIND_I4 = 3 };
+enum { ACT_NONE = 0, ACT_GELU = 1 };
+
+/* One linear layer y = x W^T + bias (native.py's `_Linear`). */
+typedef struct {
+    int64_t kind;        /* KIND_* */
+    const void *weight;  /* (N, K) float32 / bfloat16 / int8, or int4 packed (see int4 below) */
+    const void *scales;  /* int8: (N,); int4: scales and zeros (K / group, N, 2); else NULL */
+    const void *bias;    /* (N,) or NULL */
+    int64_t N, K;
+    int64_t group, block; /* int4 only: input columns per scale, output rows per packed block */
+} Linear;
+
+#define ROWS 4   /* output rows per block: four independent accumulators hide the FMA latency, x is loaded once */
+#define MCHUNK 4 /* input rows per pass over a block (4 x 4 accumulators + 4 weights fit the vector registers) */
+
+/* The products come in two flavours from the same macros: float32 x (weights widened to float32, one FMA per
+   weight and row), and, on CPUs with AVX-512 BF16 and for bfloat16 activations, bfloat16 x (weights as bfloat16
+   pairs, one VDPBF16PS per 32 weights and row: exact products, float32 sums; bfloat16 weights need no conversion and
+   int8 ones convert exactly). STEP weights per step, LOADW / LOADX the weight / x vectors, MAC the accumulation. */
+static inline vec vmac(vec acc, vec w, vec x) { return vfma(w, x, acc); }
+static inline float vload_scalar(float v) { return v; }
+static inline float vload_i8_scalar(int8_t v) { return (float)v; }
+static inline float vload_bf16_scalar(uint16_t v) { return bf16_scalar(v); }
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define HAVE_PAIRS 1
+static inline __m512bh pload_bf16(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512((const void *)p); }
+static inline __m512bh pload_i8(const int8_t *p) {
+    __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+    return _mm512_cvtne2ps_pbh(hi, lo); /* integers up to 127 are exact in bfloat16 */
+}
+static inline __m512 pmac(__m512 acc, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(acc, w, x); }
+static inline float pload_bf16_scalar(uint16_t v) { return bf16_scalar(v); }
+static inline float pload_i8_scalar(int8_t v) { return (float)v; }
+#else
+#define HAVE_PAIRS 0
+#endif
+
+/* Dot products of ROWS weight rows (w, row stride K) with MC rows of x (row stride K) into out[m * ROWS + r]: each
+   weight is loaded once for all MC rows. Inlined with a constant MC so the accumulators stay in registers. */
+#define DEFINE_BLOCK(NAME, WT, XT, STEP, LOADW, LOADX, MAC)                                                    \
+    static inline __attribute__((always_inline)) void NAME(const WT *w, const XT *x, int64_t K, int MC,        \
+                                                           float *out) {                                        \
+        vec acc[MCHUNK][ROWS];                                                                                 \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = vzero();                        \
+        int64_t k = 0;                                                                                         \
+        for (; k + (STEP) <= K; k += (STEP)) {                                                                 \
+            __typeof__(LOADW(w)) wv[ROWS];                                                                     \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) wv[r] = LOADW(w + r * K + k);               \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m) {                                             \
+                __typeof__(LOADX(x)) xv = LOADX(x + m * K + k);                                                \
+                _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = MAC(acc[m][r], wv[r], xv);  \
+            }                                                                                                  \
+        }                                                                                                      \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m)                                                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) {                                           \
+                float s = vsum(acc[m][r]);                                                                     \
+                for (int64_t t = k; t < K; ++t) s += LOADW##_scalar(w[r * K + t]) * LOADX##_scalar(x[m * K + t]); \
+                out[m * ROWS + r] = s;                                                                         \
+            }                                                                                                  \
+    }
+
+/* One weight row against one row of x: a single sequential stream through memory (what the hardware prefetchers
+   follow best: measured 30% faster than four rows at once for one row of x), four accumulators along k. */
+#define DEFINE_ROW1(NAME, WT, XT, STEP, LOADW, LOADX, MAC)                                                     \
+    static inline float NAME(const WT *w, const XT *x, int64_t K) {                                            \
+        vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                                            \
+        int64_t k = 0;                                                                                         \
+        for (; k + 4 * (STEP) <= K; k += 4 * (STEP)) {                                                         \
+            a0 = MAC(a0, LOADW(w + k), LOADX(x + k));                                                          \
+            a1 = MAC(a1, LOADW(w + k + (STEP)), LOADX(x + k + (STEP)));                                        \
+            a2 = MAC(a2, LOADW(w + k + 2 * (STEP)), LOADX(x + k + 2 * (STEP)));                                \
+            a3 = MAC(a3, LOADW(w + k + 3 * (STEP)), LOADX(x + k + 3 * (STEP)));                                \
+        }                                                                                                      \
+        for (; k + (STEP) <= K; k += (STEP)) a0 = MAC(a0, LOADW(w + k), LOADX(x + k));                         \
+        float s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));                                                      \
+        for (; k < K; ++k) s += LOADW##_scalar(w[k]) * LOADX##_scalar(x[k]);                                   \
+        return s;                                                                                              \
+    }
+
+/* What becomes of a product's sum for output row n: times the int8 row scale, plus the bias, rounded to bfloat16
+   as PyTorch rounds a linear's output; then the activation, rounded again (PyTorch runs it on that output). */
+static inline float finish(const Linear *L, int bf16, int act, int64_t n, float sum) {
+    float v = sum * (L->kind == KIND_I8 ? value_at(L->scales, bf16, n) : 1.f) + (L->bias ? value_at(L->bias, bf16, n) : 0.f);
+    if (bf16) v = bf16_rounded(v);
+    if (act == ACT_GELU) { /* exact (erf) GELU, as the checkpoints were trained */
+        v = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+        if (bf16) v = bf16_rounded(v);
+    }
+    return v;
+}
+
+/* Output rows n .. n + NR - 1 for every row of x (M rows, stride K) into y (M rows, stride N). */
+#define DEFINE_ROWS(NAME, WT, XT, BLOCK, ROW1)                                                                 \
+    static void NAME(const Linear *L, const XT *x, float *y, int bf16, int act, int64_t M, int64_t n, int NR) { \
         float out[MCHUNK * ROWS];                                                                              \
-        const WT *wn = w + n * K;                                                                              \
+        const int64_t K = L->K, N = L->N;                                                                      \
+        const WT *wn = (const WT *)L->weight + n * K;                                                          \
         for (int64_t m0 = 0; m0 < M; m0 += MCHUNK) {                                                           \
             int MC = M - m0 < MCHUNK ? (int)(M - m0) : MCHUNK;                                                \
-            const float *xm = xf + m0 * K;                                                                     \
+            const XT *xm = x + m0 * K;                                                                         \
             if (M == 1 || NR < ROWS) {                                                                         \
                 for (int m = 0; m < MC; ++m)                                                                   \
                     for (int r = 0; r < NR; ++r) out[m * ROWS + r] = ROW1(wn + r * K, xm + m * K, K);          \
             } else {                                                                                           \
                 switch (MC) {                                                                                  \
-                    case 1: BLOCK(wn, xm, K, 1, out); break;                                               \
-                    case 2: BLOCK(wn, xm, K, 2, out); break;                                               \
-                    case 3: BLOCK(wn, xm, K, 3, out); break;                                               \
+                    case 1: BLOCK(wn, xm, K, 1, out); break;                                                   \
+                    case 2: BLOCK(wn, xm, K, 2, out); break;                                                   \
+                    case 3: BLOCK(wn, xm, K, 3, out); break;                                                   \
                     default: BLOCK(wn, xm, K, MCHUNK, out);                                                    \
                 }                                                                                              \
             }                                                                                                  \
             for (int m = 0; m < MC; ++m)                                                                       \
-                for (int r = 0; r < NR; ++r) {                                                                 \
-                    float v = out[m * ROWS + r] * (scales ? value_at(scales, bf16, n + r) : 1.f)               \
-                              + (bias ? value_at(bias, bf16, n + r) : 0.f);                                    \
-                    int64_t at = (m0 + m) * N + n + r;                                                         \
-                    if (bf16) ((uint16_t *)y)[at] = bf16_round(v);                                             \
-                    else ((float *)y)[at] = v;                                                                 \
-                }                                                                                              \
+                for (int r = 0; r < NR; ++r)                                                                   \
+                    y[(m0 + m) * N + n + r] = finish(L, bf16, act, n + r, out[m * ROWS + r]);                  \
         }                                                                                                      \
     }
 
-DEFINE_ROWS(rows_i8, int8_t, block_i8, row1_i8)
-DEFINE_ROWS(rows_bf16, uint16_t, block_bf16, row1_bf16)
+#define DEFINE_PRODUCTS(SUFFIX, WT, XT, STEP, LOADW, LOADX, MAC)                                              \
+    DEFINE_BLOCK(block_##SUFFIX, WT, XT, STEP, LOADW, LOADX, MAC)                                              \
+    DEFINE_ROW1(row1_##SUFFIX, WT, XT, STEP, LOADW, LOADX, MAC)                                                \
+    DEFINE_ROWS(rows_##SUFFIX, WT, XT, block_##SUFFIX, row1_##SUFFIX)
 
-/* x as float32: a copy when it is bfloat16 (M * K values, small next to the weights). NULL when out of memory. */
-static const float *as_float(const void *x, int bf16, int64_t count, float **owned) {
-    *owned = NULL;
-    if (!bf16) return (const float *)x;
-    float *xf = (float *)malloc((size_t)(count > 0 ? count : 1) * sizeof(float)); /* malloc(0) may be NULL */
-    if (!xf) return NULL;
-    for (int64_t i = 0; i < count; ++i) xf[i] = bf16_scalar(((const uint16_t *)x)[i]);
-    *owned = xf;
-    return xf;
-}
+DEFINE_PRODUCTS(f32, float, float, LANES, vload, vload, vmac)
+DEFINE_PRODUCTS(i8, int8_t, float, LANES, vload_i8, vload, vmac)
+DEFINE_PRODUCTS(bf16, uint16_t, float, LANES, vload_bf16, vload, vmac)
+#if HAVE_PAIRS
+DEFINE_PRODUCTS(i8_pairs, int8_t, uint16_t, 32, pload_i8, pload_bf16, pmac)
+DEFINE_PRODUCTS(bf16_pairs, uint16_t, uint16_t, 32, pload_bf16, pload_bf16, pmac)
+#endif
 
 /* int4 weights in PyTorch's packed layout for _weight_int4pack_mm_for_cpu (biogpt.kernels' Int4Linear; the layouts
    are those kernels.INT4_LAYOUTS names, of which this reads the "split" ones): blocks of B = 64 (AVX-512 torch) or
@@ -262,64 +310,310 @@ static void int4_tail(const uint8_t *tail, const float *xf, const void *sz, int 
     }
 }
 
-/* y (M, N) = x (M, K) @ W^T + bias, W int4 as above with `block` (64 or 32) rows per block; x, scales_zeros, bias
-   and y float32 or bfloat16 (`bf16`). Returns 0, 1 when out of memory, 2 for another block size. */
-int biogpt_int4_linear(const void *x, const uint8_t *w, const void *scales_zeros, const void *bias, void *y,
-                       int bf16, int64_t M, int64_t N, int64_t K, int64_t group, int64_t block) {
-    if (block != 64 && block != 32) return 2;
-    float *owned;
-    const float *xf = as_float(x, bf16, M * K, &owned);
-    if (!xf) return 1;
-    int64_t whole = N - N % block, blocks = whole / block + (N > whole ? 1 : 0);
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        int64_t n0 = b * block, rows = n0 < whole ? block : N - whole;
-        float out[64];
-        for (int64_t m = 0; m < M; ++m) {
-            if (n0 >= whole) int4_tail(w + whole * K / 2, xf + m * K, scales_zeros, bf16, N, n0, rows, K, group, out);
-            else if (block == 64) int4_block64(w + n0 * K / 2, xf + m * K, scales_zeros, bf16, N, n0, K, group, out);
-            else int4_block32(w + n0 * K / 2, xf + m * K, scales_zeros, bf16, N, n0, K, group, out);
-            for (int64_t r = 0; r < rows; ++r) {
-                float v = out[r] + (bias ? value_at(bias, bf16, n0 + r) : 0.f);
-                if (bf16) ((uint16_t *)y)[m * N + n0 + r] = bf16_round(v);
-                else ((float *)y)[m * N + n0 + r] = v;
+/* Threads: an OpenMP parallel region per call, on the team torch itself uses from the calling thread (the same
+   libgomp; torch's workers, spinning after its last operation, pick the call up at once), but barriers of our own.
+   libgomp's barriers sleep almost at once when more OpenMP threads exist than cores ("throttled" spinning), which
+   is the case as soon as a second Python thread has run parallel code (the app's batching worker beside the main
+   thread): a decode step has ~150 barriers, and it ran 2x slower there. Ours spin (the team's threads are all
+   running the call; a decode step's barriers are microseconds apart), yielding the core only after a long wait. */
+#include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+#define BARRIER_SPINS 1000000 /* pauses at a barrier before yielding the core (another process holds it) */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* The threads of one call: nth of them, meeting at `barrier`. One per call, so concurrent calls (from different
+   Python threads, hence different OpenMP teams) never share one. */
+typedef struct {
+    int nth;
+    atomic_int arrived, phase;
+} Team;
+
+static void barrier(Team *team) {
+    if (team->nth == 1) return;
+    int phase = atomic_load_explicit(&team->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&team->arrived, 1, memory_order_acq_rel) == team->nth - 1) {
+        atomic_store_explicit(&team->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&team->phase, 1, memory_order_release);
+        return;
+    }
+    for (long spins = 0; atomic_load_explicit(&team->phase, memory_order_acquire) == phase; ++spins)
+        if (spins < BARRIER_SPINS) cpu_relax();
+        else sched_yield();
+}
+
+typedef void (*job_fn)(void *arg, Team *team, int ith);
+
+/* fn(arg, team, ith) on `threads` threads (ith 0 is the caller); returns when all have returned. */
+static void run_parallel(job_fn fn, void *arg, int threads) {
+    Team team = {.nth = 0};
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+#pragma omp single
+        team.nth = omp_get_num_threads(); /* the team libgomp gave: maybe fewer than asked */
+        fn(arg, &team, omp_get_thread_num());
+    }
+}
+
+/* Thread ith's share [*begin, *end) of count items (contiguous, in order: every output is summed by one thread in
+   one fixed order, so results do not depend on the number of threads). */
+static inline void share(int64_t count, const Team *team, int ith, int64_t *begin, int64_t *end) {
+    *begin = count * ith / team->nth;
+    *end = count * (ith + 1) / team->nth;
+}
+
+/* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`); xb: room for M * K
+   bfloat16 values. Thread ith of nth computes its share of the rows; returns when all threads have finished. */
+static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int bf16, int act, int64_t M,
+                   Team *team, int ith) {
+    const int64_t N = L->N, K = L->K;
+    int64_t begin, end;
+    if (L->kind == KIND_I4) {
+        const uint8_t *w = (const uint8_t *)L->weight;
+        int64_t block = L->block, whole = N - N % block, blocks = whole / block + (N > whole ? 1 : 0);
+        share(blocks, team, ith, &begin, &end);
+        for (int64_t b = begin; b < end; ++b) {
+            int64_t n0 = b * block, rows = n0 < whole ? block : N - whole;
+            float out[64];
+            for (int64_t m = 0; m < M; ++m) {
+                if (n0 >= whole) int4_tail(w + whole * K / 2, xf + m * K, L->scales, bf16, N, n0, rows, K, L->group, out);
+                else if (block == 64) int4_block64(w + n0 * K / 2, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
+                else int4_block32(w + n0 * K / 2, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
+                for (int64_t r = 0; r < rows; ++r) y[m * N + n0 + r] = finish(L, bf16, act, n0 + r, out[r]);
             }
         }
+        barrier(team);
+        return;
     }
-    free(owned);
+    const int64_t blocks = (N + ROWS - 1) / ROWS;
+    share(blocks, team, ith, &begin, &end);
+#if HAVE_PAIRS
+    if (bf16 && L->kind != KIND_F32) { /* bfloat16 activations: x as bfloat16 pairs, once for all threads */
+        int64_t first, last;
+        share(M * K, team, ith, &first, &last);
+        for (int64_t i = first; i < last; ++i) xb[i] = bf16_round(xf[i]); /* exact: xf holds bfloat16 values */
+        barrier(team);
+        for (int64_t b = begin; b < end; ++b) {
+            int64_t n = b * ROWS;
+            int NR = N - n < ROWS ? (int)(N - n) : ROWS;
+            if (L->kind == KIND_I8) rows_i8_pairs(L, xb, y, bf16, act, M, n, NR);
+            else rows_bf16_pairs(L, xb, y, bf16, act, M, n, NR);
+        }
+        barrier(team);
+        return;
+    }
+#endif
+    (void)xb;
+    for (int64_t b = begin; b < end; ++b) {
+        int64_t n = b * ROWS;
+        int NR = N - n < ROWS ? (int)(N - n) : ROWS;
+        if (L->kind == KIND_I8) rows_i8(L, xf, y, bf16, act, M, n, NR);
+        else if (L->kind == KIND_BF16) rows_bf16(L, xf, y, bf16, act, M, n, NR);
+        else rows_f32(L, xf, y, bf16, act, M, n, NR);
+    }
+    barrier(team);
+}
+
+static int check_linear(const Linear *L) {
+    if (L->kind < KIND_F32 || L->kind > KIND_I4) return 2;
+    if (L->kind == KIND_I4 && ((L->block != 64 && L->block != 32) || L->group <= 0 || L->K % L->group)) return 2;
     return 0;
 }
 
-/* y (M, N) = x (M, K) @ (w (N, K) int8 * scales (N,))^T + bias (N,) or no bias when NULL. Returns 0, or 1 when
-   out of memory. */
-int biogpt_int8_linear(const void *x, const int8_t *w, const void *scales, const void *bias, void *y, int bf16,
-                       int64_t M, int64_t N, int64_t K) {
-    float *owned;
-    const float *xf = as_float(x, bf16, M * K, &owned);
+typedef struct {
+    const Linear *L;
+    const float *xf;
+    uint16_t *xb;
+    float *y;
+    int bf16;
+    int64_t M;
+} LinearJob;
+
+static void linear_job(void *arg, Team *team, int ith) {
+    const LinearJob *job = (const LinearJob *)arg;
+    linear(job->L, job->xf, job->xb, job->y, job->bf16, ACT_NONE, job->M, team, ith);
+}
+
+/* y (M, N) = x (M, K) @ W^T + bias (the Linear `L`) on `threads` threads. Returns 0, 1 when out of memory, 2 for a
+   Linear it cannot read (an unknown kind, an int4 block other than 64 or 32 rows). */
+int biogpt_linear(const Linear *L, const void *x, void *y, int bf16, int64_t M, int threads) {
+    if (check_linear(L)) return 2;
+    const int64_t count = M * L->K > 0 ? M * L->K : 1, outs = M * L->N > 0 ? M * L->N : 1;
+    float *xf = (float *)malloc((size_t)(count + outs) * sizeof(float) + (size_t)count * sizeof(uint16_t));
     if (!xf) return 1;
-    int64_t blocks = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        int64_t n = b * ROWS;
-        rows_i8(w, xf, scales, bias, y, bf16, M, N, K, n, N - n < ROWS ? (int)(N - n) : ROWS);
-    }
-    free(owned);
+    float *yf = xf + count;
+    uint16_t *xb = (uint16_t *)(yf + outs);
+    for (int64_t i = 0; i < M * L->K; ++i) xf[i] = value_at(x, bf16, i);
+    LinearJob job = {L, xf, xb, yf, bf16, M};
+    run_parallel(linear_job, &job, threads);
+    for (int64_t i = 0; i < M * L->N; ++i) store_at(y, bf16, i, yf[i]);
+    free(xf);
     return 0;
 }
 
-/* y (M, N) = x (M, K) @ w (N, K)^T + bias (N,) or no bias when NULL, all bfloat16. Returns 0, or 1 when out of
-   memory. */
-int biogpt_bf16_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t M,
-                       int64_t N, int64_t K) {
-    float *owned;
-    const float *xf = as_float(x, 1, M * K, &owned);
-    if (!xf) return 1;
-    int64_t blocks = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        int64_t n = b * ROWS;
-        rows_bf16(w, xf, NULL, bias, y, 1, M, N, K, n, N - n < ROWS ? (int)(N - n) : ROWS);
+/* One decoder layer's weights (native.py's `_Layer`), in the order of the module code. */
+typedef struct {
+    const void *ln1_weight, *ln1_bias; /* self_attn_layer_norm */
+    Linear q, k, v, out;               /* self_attn.{q,k,v,out}_proj */
+    const void *ln2_weight, *ln2_bias; /* final_layer_norm */
+    Linear fc1, fc2;
+} Layer;
+
+/* out = LayerNorm(x) (two passes in float32, as PyTorch's CPU kernel). */
+static void layer_norm(const float *x, const void *weight, const void *bias, int bf16, int64_t H, float eps,
+                       float *out) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t i = 0; i < H; ++i) mean += x[i];
+    mean /= (float)H;
+    for (int64_t i = 0; i < H; ++i) var += (x[i] - mean) * (x[i] - mean);
+    float rstd = 1.f / sqrtf(var / (float)H + eps);
+    for (int64_t i = 0; i < H; ++i) {
+        float v = (x[i] - mean) * rstd * value_at(weight, bf16, i) + value_at(bias, bf16, i);
+        out[i] = bf16 ? bf16_rounded(v) : v;
     }
-    free(owned);
+}
+
+/* h += delta (a residual connection), rounded as PyTorch rounds a bfloat16 sum. */
+static void add_residual(float *h, const float *delta, int bf16, int64_t H) {
+    for (int64_t i = 0; i < H; ++i) h[i] = bf16 ? bf16_rounded(h[i] + delta[i]) : h[i] + delta[i];
+}
+
+static float dot_row(const float *a, const void *row, int bf16, int64_t n) {
+    vec acc = vzero();
+    int64_t d = 0;
+    for (; d + LANES <= n; d += LANES)
+        acc = vfma(vload(a + d), bf16 ? vload_bf16((const uint16_t *)row + d) : vload((const float *)row + d), acc);
+    float s = vsum(acc);
+    for (; d < n; ++d) s += a[d] * value_at(row, bf16, d);
+    return s;
+}
+
+static void add_scaled_row(float *acc, float p, const void *row, int bf16, int64_t n) {
+    vec pv = vset(p);
+    int64_t d = 0;
+    for (; d + LANES <= n; d += LANES)
+        vstore(acc + d, vfma(pv, bf16 ? vload_bf16((const uint16_t *)row + d) : vload((const float *)row + d),
+                             vload(acc + d)));
+    for (; d < n; ++d) acc[d] += p * value_at(row, bf16, d);
+}
+
+/* Attention of one head of one row for its new token: its key and value (k, v: that row's heads) go into the
+   row's cache (heads, capacity, D) at `position`, then the softmax over the keys 0 .. position the row may attend
+   (`may`: one flag per key, or NULL for all) weighs the values. `scores` holds position + 1 floats, `out` receives
+   D values. */
+static void attend(int64_t head, const float *q, const float *k, const float *v, void *keys, void *values,
+                   const uint8_t *may, int bf16, int64_t D, int64_t capacity, int64_t position, float scaling,
+                   float *scores, float *out) {
+    const int64_t base = head * capacity * D, size = bf16 ? 2 : 4;
+    for (int64_t d = 0; d < D; ++d) {
+        store_at(keys, bf16, base + position * D + d, k[head * D + d]);
+        store_at(values, bf16, base + position * D + d, v[head * D + d]);
+    }
+    const char *key_rows = (const char *)keys + base * size, *value_rows = (const char *)values + base * size;
+    float top = -INFINITY, total = 0.f;
+    for (int64_t t = 0; t <= position; ++t) {
+        scores[t] = (!may || may[t]) ? dot_row(q + head * D, key_rows + t * D * size, bf16, D) * scaling : -INFINITY;
+        top = scores[t] > top ? scores[t] : top;
+    }
+    for (int64_t t = 0; t <= position; ++t) total += (scores[t] = (!may || may[t]) ? expf(scores[t] - top) : 0.f);
+    for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+    for (int64_t t = 0; t <= position; ++t)
+        if (scores[t] != 0.f) add_scaled_row(out, scores[t], value_rows + t * D * size, bf16, D);
+    for (int64_t d = 0; d < D; ++d) out[d] = bf16 ? bf16_rounded(out[d] / total) : out[d] / total;
+}
+
+typedef struct {
+    const Layer *layers;
+    int64_t n_layers;
+    void *const *keys, *const *values;
+    const uint8_t *may_attend;
+    int bf16, act;
+    int64_t rows, heads, head_dim, capacity, position, inner_size;
+    float eps, scaling;
+    float *h, *normed, *q, *k, *v, *attended, *delta, *inner, *scores;
+    uint16_t *xb;
+} DecodeJob;
+
+static void decode_job(void *arg, Team *team, int ith) {
+    const DecodeJob *j = (const DecodeJob *)arg;
+    const int64_t rows = j->rows, H = j->heads * j->head_dim, T = j->position + 1;
+    const int64_t row_cache = j->heads * j->capacity * j->head_dim * (j->bf16 ? 2 : 4); /* bytes of a row's cache */
+    int64_t begin, end, first, last;
+    share(rows, team, ith, &begin, &end);
+    share(rows * j->heads, team, ith, &first, &last);
+    for (int64_t l = 0; l < j->n_layers; ++l) {
+        const Layer *L = j->layers + l;
+        for (int64_t r = begin; r < end; ++r)
+            layer_norm(j->h + r * H, L->ln1_weight, L->ln1_bias, j->bf16, H, j->eps, j->normed + r * H);
+        barrier(team);
+        linear(&L->q, j->normed, j->xb, j->q, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->k, j->normed, j->xb, j->k, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->v, j->normed, j->xb, j->v, j->bf16, ACT_NONE, rows, team, ith);
+        for (int64_t task = first; task < last; ++task) {
+            int64_t r = task / j->heads, head = task % j->heads;
+            attend(head, j->q + r * H, j->k + r * H, j->v + r * H, (char *)j->keys[l] + r * row_cache,
+                   (char *)j->values[l] + r * row_cache, j->may_attend ? j->may_attend + r * T : NULL, j->bf16,
+                   j->head_dim, j->capacity, j->position, j->scaling, j->scores + task * T,
+                   j->attended + r * H + head * j->head_dim);
+        }
+        barrier(team);
+        linear(&L->out, j->attended, j->xb, j->delta, j->bf16, ACT_NONE, rows, team, ith);
+        for (int64_t r = begin; r < end; ++r) {
+            add_residual(j->h + r * H, j->delta + r * H, j->bf16, H);
+            layer_norm(j->h + r * H, L->ln2_weight, L->ln2_bias, j->bf16, H, j->eps, j->normed + r * H);
+        }
+        barrier(team);
+        linear(&L->fc1, j->normed, j->xb, j->inner, j->bf16, j->act, rows, team, ith);
+        linear(&L->fc2, j->inner, j->xb, j->delta, j->bf16, ACT_NONE, rows, team, ith);
+        for (int64_t r = begin; r < end; ++r) add_residual(j->h + r * H, j->delta + r * H, j->bf16, H);
+        barrier(team);
+    }
+}
+
+/* Every decoder layer of a decode step for one new token in each of `rows` sequences, whose key/value caches hold
+   `position` earlier columns and have room for this one, on `threads` threads: hidden (rows, H) in, the last layer's
+   output (before the final LayerNorm) into out. keys[l] and values[l] are layer l's cache, (rows, heads, capacity,
+   head_dim) each. `may_attend` is NULL (every earlier key) or (rows, position + 1) flags, 1 where a row may attend a
+   key (its padding columns are 0; its own new key is 1). `act` is ACT_GELU (the only activation of BioGPT
+   checkpoints). Returns 0, 1 when out of memory, 2 for a Linear it cannot read, 3 when the cache has no room. */
+int biogpt_decode_layers(const Layer *layers, int64_t n_layers, void *const *keys, void *const *values,
+                         const void *hidden, void *out, const uint8_t *may_attend, int bf16, int64_t rows,
+                         int64_t heads, int64_t head_dim, int64_t capacity, int64_t position, float eps,
+                         float scaling, int act, int threads) {
+    const int64_t H = heads * head_dim, inner_size = n_layers ? layers[0].fc1.N : 0, T = position + 1;
+    if (position < 0 || position >= capacity) return 3;
+    for (int64_t l = 0; l < n_layers; ++l) {
+        const Linear *all[6] = {&layers[l].q, &layers[l].k, &layers[l].v, &layers[l].out, &layers[l].fc1,
+                                &layers[l].fc2};
+        for (int i = 0; i < 6; ++i)
+            if (check_linear(all[i])) return 2;
+    }
+    const int64_t widest = H > inner_size ? H : inner_size;
+    float *h = (float *)malloc((size_t)(rows * (7 * H + inner_size + heads * T)) * sizeof(float)
+                               + (size_t)(rows * widest) * sizeof(uint16_t));
+    if (!h) return 1;
+    DecodeJob job = {.layers = layers, .n_layers = n_layers, .keys = keys, .values = values, .may_attend = may_attend,
+                     .bf16 = bf16, .act = act, .rows = rows, .heads = heads, .head_dim = head_dim,
+                     .capacity = capacity, .position = position, .inner_size = inner_size, .eps = eps,
+                     .scaling = scaling, .h = h};
+    job.normed = h + rows * H;
+    job.q = job.normed + rows * H;
+    job.k = job.q + rows * H;
+    job.v = job.k + rows * H;
+    job.attended = job.v + rows * H;
+    job.delta = job.attended + rows * H;
+    job.inner = job.delta + rows * H;
+    job.scores = job.inner + rows * inner_size;
+    job.xb = (uint16_t *)(job.scores + rows * heads * T);
+    for (int64_t i = 0; i < rows * H; ++i) h[i] = value_at(hidden, bf16, i);
+    run_parallel(decode_job, &job, threads);
+    for (int64_t i = 0; i < rows * H; ++i) store_at(out, bf16, i, h[i]);
+    free(h);
     return 0;
 }

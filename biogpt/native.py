@@ -1,16 +1,20 @@
-"""Our own CPU kernels (`native.c`): the products of a decode step, compiled on this machine at first use.
+"""Our own CPU kernels (`native.c`): a decode step's products and whole decoder layers, compiled here at first use.
 
 A decode step reads every weight once, so its speed is how fast the weights stream from memory. PyTorch 2.13's
 one-row kernels for bfloat16 weights and for int8 weight-only layers stream them well below what the memory gives
 (bench/RESULTS.md); `native.c` reads each weight once per call for up to a few rows of input, widens it to float32 in
 registers and accumulates in float32 (AVX-512 or AVX2 + FMA where the CPU has them, the compiler's code elsewhere).
+`decode_layers` runs all the decoder layers of a decode step in one call (LayerNorms, products, attention over the
+key/value cache, GELU, residuals), which saves the 5-10 ms per token that PyTorch's ~400 operator calls per step
+cost on two cores; `kernels.NativeDecoder` builds its arguments from a model.
 
 It is built with the system C compiler (`cc`, else `gcc`) for this CPU (`-march=native`) and OpenMP, once: the
 shared object is cached beside the kernel probe's choices (the folder of `BIOGPT_KERNEL_CACHE`), named by a hash of
 the source, the compiler, the flags and the CPU, written atomically. After loading, a self-test compares it with
 PyTorch on a small product. Where no compiler works, or the self-test fails, `unavailable_reason()` says why and
 `biogpt.kernels` simply has no `native` candidate: nothing else changes. Loaded after torch, the library shares
-torch's OpenMP runtime, so it runs on the threads `torch.set_num_threads` sets.
+torch's OpenMP runtime, so it runs on the threads torch uses, as many as `torch.get_num_threads()` says (with
+barriers of its own: native.c says why).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native.c")
 COMPILERS = ("cc", "gcc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+LIBRARIES = ("-lm",)
 COMPILE_TIMEOUT_S = 120
 
 
@@ -58,7 +63,7 @@ def _build_and_load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"cannot run {compiler}: {exc}"
     model, flags = cpu_identity()
-    digest = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), model.encode(),
+    digest = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS + LIBRARIES).encode(), model.encode(),
                                         " ".join(sorted(flags)).encode()])).hexdigest()[:16]
     name = f"biogpt-native-{digest}.so"
     # The kernel cache's folder, else (a read-only home) a per-user folder in the temporary folder.
@@ -90,7 +95,7 @@ def _compile(compiler: str, target: Path, flags: tuple[str, ...] = FLAGS) -> Opt
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, str(SOURCE), *LIBRARIES, "-o", str(tmp)], capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
@@ -106,14 +111,34 @@ def _compile(compiler: str, target: Path, flags: tuple[str, ...] = FLAGS) -> Opt
         tmp.unlink(missing_ok=True)
 
 
+class _Linear(ctypes.Structure):
+    """native.c's `Linear`: one linear layer's weights, as pointers into the module's own tensors."""
+
+    _fields_ = [("kind", ctypes.c_int64), ("weight", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("group", ctypes.c_int64),
+                ("block", ctypes.c_int64)]
+
+
+class _Layer(ctypes.Structure):
+    """native.c's `Layer`: a decoder layer's LayerNorms and linears."""
+
+    _fields_ = [("ln1_weight", ctypes.c_void_p), ("ln1_bias", ctypes.c_void_p), ("q", _Linear), ("k", _Linear),
+                ("v", _Linear), ("out", _Linear), ("ln2_weight", ctypes.c_void_p), ("ln2_bias", ctypes.c_void_p),
+                ("fc1", _Linear), ("fc2", _Linear)]
+
+
+KIND_F32, KIND_BF16, KIND_I8, KIND_I4 = range(4)
+ACT_GELU = 1
+
+
 def _declare(library: ctypes.CDLL) -> None:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.biogpt_int8_linear.argtypes = [pointer] * 5 + [ctypes.c_int, size, size, size]
-    library.biogpt_int8_linear.restype = ctypes.c_int
-    library.biogpt_bf16_linear.argtypes = [pointer] * 4 + [size, size, size]
-    library.biogpt_bf16_linear.restype = ctypes.c_int
-    library.biogpt_int4_linear.argtypes = [pointer] * 5 + [ctypes.c_int, size, size, size, size, size]
-    library.biogpt_int4_linear.restype = ctypes.c_int
+    library.biogpt_linear.argtypes = [ctypes.POINTER(_Linear), pointer, pointer, ctypes.c_int, size, ctypes.c_int]
+    library.biogpt_linear.restype = ctypes.c_int
+    library.biogpt_decode_layers.argtypes = [ctypes.POINTER(_Layer), size, pointer, pointer, pointer, pointer,
+                                             pointer, ctypes.c_int, size, size, size, size, size, ctypes.c_float,
+                                             ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    library.biogpt_decode_layers.restype = ctypes.c_int
 
 
 def _self_test(library: ctypes.CDLL) -> Optional[str]:
@@ -125,7 +150,7 @@ def _self_test(library: ctypes.CDLL) -> Optional[str]:
     expected = rows @ (weight.float() * scales[:, None]).t() + bias
     got = _int8(library, rows, weight, scales, bias)
     expected_bf16 = rows.bfloat16().float() @ weight.float().bfloat16().float().t() + bias.bfloat16().float()
-    got_bf16 = _bf16(library, rows.bfloat16(), weight.float().bfloat16(), bias.bfloat16()).float()
+    got_bf16 = _dense(library, rows.bfloat16(), weight.float().bfloat16(), bias.bfloat16()).float()
     if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3) or not torch.allclose(got_bf16, expected_bf16,
                                                                                      rtol=1e-2, atol=0.5):
         return "the compiled kernels disagree with PyTorch on a test product"
@@ -145,40 +170,47 @@ def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _checked(status: int, kernel: str, out: torch.Tensor) -> torch.Tensor:
-    """`out`, once the kernel returned 0 (its only failure: no memory for its float32 copy of the input)."""
+def linear_spec(kind: int, weight: torch.Tensor, scales: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                out_features: int, in_features: int, group_size: int = 0, block_rows: int = 0) -> _Linear:
+    """A `Linear` for native.c pointing into these tensors (which the caller keeps alive while it is used)."""
+    return _Linear(kind, weight.data_ptr(), _pointer(scales), _pointer(bias), out_features, in_features, group_size,
+                   block_rows)
+
+
+def _check(status: int, what: str) -> None:
+    """Raise for a non-zero status of a native.c function (the callers pass only what it can read)."""
+    if status == 1:
+        raise MemoryError(f"the native {what} could not allocate its buffers")
     if status:
-        raise MemoryError(f"the native {kernel} kernel could not allocate its input buffer")
+        raise ValueError(f"the native {what} cannot read its arguments (status {status})")
+
+
+def _run(library: ctypes.CDLL, spec: _Linear, rows: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(rows.shape[0], spec.N, dtype=rows.dtype)
+    _check(library.biogpt_linear(ctypes.byref(spec), rows.data_ptr(), out.data_ptr(),
+                                 int(rows.dtype == torch.bfloat16), rows.shape[0], torch.get_num_threads()),
+           "linear kernel")
     return out
 
 
 def _int8(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
           bias: Optional[torch.Tensor]) -> torch.Tensor:
-    out = torch.empty(rows.shape[0], weight.shape[0], dtype=rows.dtype)
-    status = library.biogpt_int8_linear(rows.data_ptr(), weight.data_ptr(), scales.data_ptr(), _pointer(bias),
-                                        out.data_ptr(), int(rows.dtype == torch.bfloat16), rows.shape[0],
-                                        weight.shape[0], weight.shape[1])
-    return _checked(status, "int8", out)
+    return _run(library, linear_spec(KIND_I8, weight, scales, bias, *weight.shape), rows)
 
 
-def _bf16(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-          ) -> torch.Tensor:
-    out = torch.empty(rows.shape[0], weight.shape[0], dtype=torch.bfloat16)
-    status = library.biogpt_bf16_linear(rows.data_ptr(), weight.data_ptr(), _pointer(bias), out.data_ptr(),
-                                        rows.shape[0], weight.shape[0], weight.shape[1])
-    return _checked(status, "bf16", out)
+def _dense(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+           ) -> torch.Tensor:
+    kind = KIND_BF16 if weight.dtype == torch.bfloat16 else KIND_F32
+    return _run(library, linear_spec(kind, weight, None, bias, *weight.shape), rows)
 
 
 def _int4(library: ctypes.CDLL, rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
           bias: Optional[torch.Tensor], group_size: int, block_rows: int) -> torch.Tensor:
     if block_rows not in (32, 64):
         raise ValueError(f"block_rows={block_rows}: the native int4 kernel reads blocks of 32 or 64 rows")
-    out = torch.empty(rows.shape[0], scales_and_zeros.shape[1], dtype=rows.dtype)
-    status = library.biogpt_int4_linear(rows.data_ptr(), packed.data_ptr(), scales_and_zeros.data_ptr(),
-                                        _pointer(bias), out.data_ptr(), int(rows.dtype == torch.bfloat16),
-                                        rows.shape[0], scales_and_zeros.shape[1], rows.shape[1], group_size,
-                                        block_rows)
-    return _checked(status, "int4", out)
+    spec = linear_spec(KIND_I4, packed, scales_and_zeros, bias, scales_and_zeros.shape[1], rows.shape[1],
+                       group_size, block_rows)
+    return _run(library, spec, rows)
 
 
 def int8_linear(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
@@ -188,9 +220,9 @@ def int8_linear(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
     return _int8(_library()[0], rows, weight, scales, bias)
 
 
-def bf16_linear(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """(M, N) = rows (M, K) @ weight (N, K)^T + bias (N,), all bfloat16 and contiguous on the CPU."""
-    return _bf16(_library()[0], rows, weight, bias)
+def dense_linear(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """(M, N) = rows (M, K) @ weight (N, K)^T + bias (N,), all float32 or all bfloat16, contiguous on the CPU."""
+    return _dense(_library()[0], rows, weight, bias)
 
 
 def int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
@@ -201,3 +233,33 @@ def int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torc
     `scales_and_zeros` (K / group_size, N, 2); rows, scales_and_zeros, bias and the result all float32 or all
     bfloat16, contiguous on the CPU."""
     return _int4(_library()[0], rows, packed, scales_and_zeros, bias, group_size, block_rows)
+
+
+def layer_spec(ln1_weight: torch.Tensor, ln1_bias: torch.Tensor, attention: list[_Linear], ln2_weight: torch.Tensor,
+               ln2_bias: torch.Tensor, feed_forward: list[_Linear]) -> _Layer:
+    """A `Layer` for native.c: its LayerNorms, [q, k, v, out] projections and [fc1, fc2] (`linear_spec`)."""
+    return _Layer(ln1_weight.data_ptr(), ln1_bias.data_ptr(), *attention, ln2_weight.data_ptr(), ln2_bias.data_ptr(),
+                  *feed_forward)
+
+
+def layer_array(layers: list[_Layer]) -> ctypes.Array:
+    return (_Layer * len(layers))(*layers)
+
+
+def decode_layers(layers: ctypes.Array, keys: list[torch.Tensor], values: list[torch.Tensor], hidden: torch.Tensor,
+                  may_attend: Optional[torch.Tensor], heads: int, position: int, eps: float, scaling: float
+                  ) -> torch.Tensor:
+    """Every decoder layer of a decode step in one call: `hidden` (rows, H) in, the last layer's output out; `layers`
+    an array of `_Layer` (built by `kernels.NativeDecoder`), keys[l] / values[l] layer l's cache (rows, heads,
+    capacity, head_dim), written at `position`; `may_attend` None (every key) or (rows, position + 1) booleans. All
+    in one dtype (float32 or bfloat16), contiguous, on the CPU."""
+    out = torch.empty_like(hidden)
+    count = len(keys)
+    key_pointers = (ctypes.c_void_p * count)(*(t.data_ptr() for t in keys))
+    value_pointers = (ctypes.c_void_p * count)(*(t.data_ptr() for t in values))
+    status = _library()[0].biogpt_decode_layers(
+        layers, count, key_pointers, value_pointers, hidden.data_ptr(), out.data_ptr(), _pointer(may_attend),
+        int(hidden.dtype == torch.bfloat16), hidden.shape[0], heads, hidden.shape[-1] // heads, keys[0].shape[-2],
+        position, eps, scaling, ACT_GELU, torch.get_num_threads())
+    _check(status, "decoder layers")
+    return out

@@ -132,14 +132,14 @@ def test_int4_products_in_both_split_layouts(block):
         native.int4_linear(x, packed, torch.stack([scales, zeros], dim=2).contiguous(), None, 32, 16)
 
 
-# The three code paths of native.c, each built explicitly (whatever this CPU would pick for itself).
-PATHS = {"avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"), "avx2": ("-mavx2", "-mfma"),
-         "portable": ()}
+# The code paths of native.c (AVX-512 with and without BF16 pairs, AVX2, portable), each built explicitly (whatever this CPU would pick for itself).
+AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
+PATHS = {"avx512-bf16": (*AVX512, "-mavx512bf16"), "avx512": AVX512, "avx2": ("-mavx2", "-mfma"), "portable": ()}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_every_code_path_computes_the_same_products(path, tmp_path):
-    flags = {"avx512": "avx512f", "avx2": "avx2"}.get(path)
+    flags = {"avx512-bf16": "avx512_bf16", "avx512": "avx512f", "avx2": "avx2"}.get(path)
     if flags and flags not in cpu_identity()[1]:
         pytest.skip(f"this CPU has no {flags}")
     compiler = next((p for p in map(shutil.which, native.COMPILERS) if p), None)
@@ -159,7 +159,7 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
         got = native._int8(library, x, weight, scales, None).double()
         bound = _bound(x.double(), weight.double() * scales.double()[:, None], exact, torch.bfloat16)
         assert bool(((got - exact).abs() <= bound).all()), (path, rows, out_features, in_features)
-        got16 = native._bf16(library, x, weight.bfloat16(), None).double()
+        got16 = native._dense(library, x, weight.bfloat16(), None).double()
         exact16 = x.double() @ weight.double().t()
         assert bool(((got16 - exact16).abs() <= _bound(x.double(), weight.double(), exact16, torch.bfloat16)).all())
     if kernels.int4_layout() in kernels.NATIVE_INT4_LAYOUTS:
@@ -174,16 +174,17 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows, out_features, in_features", SHAPES)
-def test_bf16_products_equal_the_float64_product(rows, out_features, in_features):
+def test_dense_products_equal_the_float64_product(dtype, rows, out_features, in_features):
     generator = torch.Generator().manual_seed(rows + in_features)
-    x = torch.randn(rows, in_features, generator=generator).bfloat16()
-    weight = torch.randn(out_features, in_features, generator=generator).bfloat16()
-    bias = torch.randn(out_features, generator=generator).bfloat16()
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
+    bias = torch.randn(out_features, generator=generator).to(dtype)
     exact = x.double() @ weight.double().t() + bias.double()
-    got = native.bf16_linear(x, weight, bias)
-    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
-    assert bool(((got.double() - exact).abs() <= _bound(x.double(), weight.double(), exact, torch.bfloat16)).all())
+    got = native.dense_linear(x, weight, bias)
+    assert got.dtype == dtype and got.shape == (rows, out_features)
+    assert bool(((got.double() - exact).abs() <= _bound(x.double(), weight.double(), exact, dtype)).all())
 
 
 @needs_native
@@ -241,30 +242,57 @@ def test_forcing_native_gives_it_to_one_and_few_row_products_only(tmp_path):
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8).bfloat16()], "native", tmp_path / "k.json")
     assert plan == {"bfloat16": {"decode": "native", "batch": "native", "prefill": "aten"}}
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8)], "native", tmp_path / "k.json")
-    assert plan == {"float32": dict.fromkeys(kernels.REGIMES, "aten")}  # float32 weights: ATen streams them fine
+    assert plan == {"float32": {"decode": "native", "batch": "native", "prefill": "aten"}}
 
 
 PROMPTS = ["Aspirin is used to treat", "The patient presented with acute"]
 
 
 @needs_native
-@pytest.mark.parametrize("config", [
-    None, TorchAoConfig("int8_weight_only"),
-    pytest.param(TorchAoConfig("int4_weight_only", group_size=32), marks=pytest.mark.skipif(
+@pytest.mark.parametrize("dtype, config", [
+    (torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, TorchAoConfig("int8_weight_only")),
+    pytest.param(torch.bfloat16, TorchAoConfig("int4_weight_only", group_size=32), marks=pytest.mark.skipif(
         kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here"))],
-    ids=["bf16", "int8", "int4"])
-def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(config):
+    ids=["fp32", "bf16", "int8", "int4"])
+def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(dtype, config):
+    """Products and whole decode steps (`kernels.NativeDecoder`) native: the same text as plain PyTorch."""
     path = catalog.demo_path("causal-lm")
     tokenizer = BioGptTokenizer.from_pretrained(path)
-    reference = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+    reference = BioGptForCausalLM.from_pretrained(path, torch_dtype=dtype, quantization_config=config,
                                                   cpu_kernels="aten")
-    model = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+    model = BioGptForCausalLM.from_pretrained(path, torch_dtype=dtype, quantization_config=config,
                                               cpu_kernels="native")
     assert {plan["decode"] for plan in model.cpu_kernel_plan.values()} == {"native"}
+    assert model.biogpt.native_decoder is not None
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
         assert torch.equal(model.generate(ids, max_new_tokens=16, do_sample=False), expected), prompt
+
+
+def _threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    return previous
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_do_not_depend_on_the_number_of_threads(dtype):
+    """Each output row is summed by one thread in one order: 1, 2, 3 or 5 threads give the same bits."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 300, generator=generator).to(dtype)
+    weight = torch.randn(77, 300, generator=generator).to(dtype)
+    quantized = torch.randint(-127, 128, (77, 300), generator=generator, dtype=torch.int8)
+    scales = torch.rand(77, generator=generator).to(dtype)
+    results = []
+    for count in (1, 2, 3, 5):
+        previous = _threads(count)
+        try:
+            results.append((native.dense_linear(x, weight, None), native.int8_linear(x, quantized, scales, None)))
+        finally:
+            torch.set_num_threads(previous)
+    assert all(torch.equal(a, results[0][0]) and torch.equal(b, results[0][1]) for a, b in results)
 
 
 @needs_native
@@ -274,9 +302,9 @@ def test_concurrent_callers_get_exactly_their_own_results():
     generator = torch.Generator().manual_seed(4)
     weight = torch.randn(256, 512, generator=generator).bfloat16()
     inputs = [torch.randn(1 + i % 3, 512, generator=generator).bfloat16() for i in range(12)]
-    alone = [native.bf16_linear(x, weight, None) for x in inputs]
+    alone = [native.dense_linear(x, weight, None) for x in inputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(pool.map(lambda x: native.bf16_linear(x, weight, None), inputs * 5))
+        together = list(pool.map(lambda x: native.dense_linear(x, weight, None), inputs * 5))
     assert all(torch.equal(got, alone[i % len(inputs)]) for i, got in enumerate(together))
 
 
@@ -284,7 +312,7 @@ def test_concurrent_callers_get_exactly_their_own_results():
 def test_no_rows_give_an_empty_result():
     """An empty batch reaches the kernels too (a batch regime product with 0 rows)."""
     x = torch.zeros(0, 64).bfloat16()
-    assert native.bf16_linear(x, torch.ones(8, 64).bfloat16(), None).shape == (0, 8)
+    assert native.dense_linear(x, torch.ones(8, 64).bfloat16(), None).shape == (0, 8)
     assert native.int8_linear(x, torch.ones(8, 64, dtype=torch.int8), torch.ones(8).bfloat16(), None).shape == (0, 8)
 
 

@@ -1,0 +1,214 @@
+"""Whole decoder layers of a batch-1 decode step in one native call (`kernels.NativeDecoder`, `native.c`): the same
+logits and the same key/value cache as the module code (itself checked against transformers elsewhere), for every
+weight format, and the module code wherever a step is not one it computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from biogpt import BioGptConfig, BioGptForCausalLM, kernels, native
+from biogpt.cache import KVCache, StaticKVCache
+from biogpt.quantization import TorchAoConfig
+
+
+@pytest.fixture(autouse=True)
+def native_kernels():
+    if not native.available():
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+
+
+FORMATS = [
+    pytest.param(torch.float32, None, id="fp32"), pytest.param(torch.bfloat16, None, id="bf16"),
+    pytest.param(torch.bfloat16, TorchAoConfig("int8_weight_only"), id="int8"),
+    pytest.param(torch.bfloat16, TorchAoConfig("int4_weight_only", group_size=32), id="int4", marks=pytest.mark.skipif(
+        kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here"))]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small random BioGPT (head_dim 32: whole vectors and, with 96 columns of LayerNorm, no tails hidden)."""
+    torch.manual_seed(0)
+    config = BioGptConfig(vocab_size=96, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=256, max_position_embeddings=128)
+    model = BioGptForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # LayerNorms away from the identity, so a mistake in them shows
+        for name, parameter in model.named_parameters():
+            if "layer_norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    path = tmp_path_factory.mktemp("native-decoder") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+def _load(path, dtype, config, kernels_choice="native"):
+    return BioGptForCausalLM.from_pretrained(path, torch_dtype=dtype, quantization_config=config,
+                                             cpu_kernels=kernels_choice)
+
+
+def _decode(model, prompt, steps, fused=True):
+    """(logits of every decode step, the cache): greedy steps after `prompt`, the native decoder on or off."""
+    decoder = model.biogpt.native_decoder
+    model.biogpt.native_decoder = decoder if fused else None
+    try:
+        with torch.inference_mode():
+            cache = KVCache.for_model(model, 1, prompt.shape[1] + steps)
+            token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
+            logits = []
+            for _ in range(steps):
+                logits.append(model(token, past_key_values=cache).logits[0, -1].float())
+                token = logits[-1].argmax().view(1, 1)
+    finally:
+        model.biogpt.native_decoder = decoder
+    return torch.stack(logits), cache
+
+
+PROMPT = torch.tensor([[2, 17, 40, 5, 63, 8, 91, 33]])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype, config", FORMATS)
+def test_decode_steps_give_the_module_codes_logits_and_cache(checkpoint, dtype, config, threads):
+    model = _load(checkpoint, dtype, config)
+    assert isinstance(model.biogpt.native_decoder, kernels.NativeDecoder)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused, fused_cache = _decode(model, PROMPT, 24)
+        modules, module_cache = _decode(model, PROMPT, 24, fused=False)
+    finally:
+        torch.set_num_threads(previous)
+    # float32: the same sums in another order; bfloat16: the same roundings, so one bf16 step (2^-8) at most
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype]
+    scale = modules.abs().max()
+    assert (fused - modules).abs().max() <= tolerance * scale
+    assert torch.equal(fused.argmax(-1), modules.argmax(-1))
+    assert fused_cache.length == module_cache.length == PROMPT.shape[1] + 24
+    for mine, theirs in zip(fused_cache.keys + fused_cache.values, module_cache.keys + module_cache.values):
+        assert (mine.float() - theirs.float()).abs().max() <= tolerance * 8 * theirs.float().abs().max()
+
+
+def _decode_padded(model, steps, fused=True):
+    """Greedy steps of three left-padded prompts of 8, 5 and 3 tokens in one batch: (logits of every step, cache)."""
+    decoder = model.biogpt.native_decoder
+    model.biogpt.native_decoder = decoder if fused else None
+    ids = torch.tensor([[2, 17, 40, 5, 63, 8, 91, 33], [1, 1, 1, 2, 9, 70, 12, 4], [1, 1, 1, 1, 1, 2, 55, 81]])
+    mask = (torch.arange(8) >= torch.tensor([[0], [3], [5]])).long()
+    try:
+        with torch.inference_mode():
+            cache = KVCache.for_model(model, 3, 8 + steps)
+            token = model(ids, attention_mask=mask, past_key_values=cache).logits[:, -1:].argmax(-1)
+            logits = []
+            for _ in range(steps):
+                mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+                logits.append(model(token, attention_mask=mask, past_key_values=cache).logits[:, -1].float())
+                token = logits[-1].argmax(-1, keepdim=True)
+    finally:
+        model.biogpt.native_decoder = decoder
+    return torch.stack(logits), cache
+
+
+@pytest.mark.parametrize("dtype, config", FORMATS)
+def test_a_padded_batch_gives_the_module_codes_logits_and_cache(checkpoint, dtype, config):
+    """Three sequences of different lengths, left-padded: every row attends only its own tokens."""
+    model = _load(checkpoint, dtype, config)
+    assert {plan["batch"] for plan in model.cpu_kernel_plan.values()} == {"native"}
+    fused, fused_cache = _decode_padded(model, 12)
+    modules, module_cache = _decode_padded(model, 12, fused=False)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype]
+    assert (fused - modules).abs().max() <= tolerance * modules.abs().max()
+    assert torch.equal(fused.argmax(-1), modules.argmax(-1))
+    for mine, theirs in zip(fused_cache.keys + fused_cache.values, module_cache.keys + module_cache.values):
+        assert (mine.float() - theirs.float()).abs().max() <= tolerance * 8 * theirs.float().abs().max()
+
+
+def test_the_native_step_is_used_and_replaces_the_layer_loop(checkpoint, monkeypatch):
+    model = _load(checkpoint, torch.bfloat16, None)
+    for layer in model.biogpt.layers:
+        monkeypatch.setattr(layer, "forward", lambda *a, **k: pytest.fail("a decode step ran the module code"))
+    with torch.inference_mode():
+        cache = KVCache.for_model(model, 1, 4)
+        cache.length = 1  # one earlier token (zeros in the cache): this is a decode step, not a prompt
+        model(torch.tensor([[5]]), past_key_values=cache)
+    assert cache.length == 2
+
+
+def _step(model, cache, token=7):
+    with torch.inference_mode():
+        return model(torch.tensor([[token]] * cache.batch_size), past_key_values=cache).logits[:, -1].float()
+
+
+@pytest.mark.parametrize("case", ["batch of two, products not native", "autograd", "cache full", "static cache slot",
+                                  "aten kernels"])
+def test_steps_it_does_not_compute_take_the_module_code(checkpoint, case, monkeypatch):
+    model = _load(checkpoint, torch.float32, None, "aten" if case == "aten kernels" else "native")
+    if case.startswith("batch"):  # the probe gave several-row products to another kernel
+        for _, module in kernels.cpu_linears(model):
+            module.kernels = {**module.kernels, "batch": "aten"}
+    calls = []
+    if model.biogpt.native_decoder is not None:
+        original = model.biogpt.native_decoder
+        model.biogpt.native_decoder = lambda *args: calls.append(original(*args)) or calls[-1]
+    batch = 2 if case.startswith("batch") else 1
+    cache_type = StaticKVCache if case == "static cache slot" else KVCache
+    cache = cache_type.for_model(model, batch, 8 if case == "cache full" else 12)
+    with torch.inference_mode():
+        model(PROMPT.expand(batch, -1), past_key_values=cache)
+    if case == "static cache slot":
+        cache.index = torch.tensor([cache.length])
+    reference = copy.deepcopy(cache)
+    plain = copy.deepcopy(model)
+    kernels.remove_cpu_kernels(plain)
+    if case == "autograd":
+        with torch.enable_grad():
+            logits = model(torch.tensor([[7]]), past_key_values=cache).logits[:, -1]
+        assert logits.requires_grad
+        logits = logits.detach()
+    else:
+        logits = _step(model, cache)
+    expected = _step(plain, reference)
+    assert case == "aten kernels" and model.biogpt.native_decoder is None or calls and all(c is None for c in calls)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_converted_after_loading_is_computed_from_its_new_weights(checkpoint):
+    """Pointers are read at every step: after `.float()` the step runs on the float32 copies, never the old ones."""
+    model = _load(checkpoint, torch.bfloat16, None)
+    _decode(model, PROMPT, 2)  # the native layer array is built for the bfloat16 weights
+    model.float()
+    fused, _ = _decode(model, PROMPT, 6)
+    modules, _ = _decode(model, PROMPT, 6, fused=False)
+    torch.testing.assert_close(fused, modules, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deep_copy_computes_with_its_own_weights(checkpoint):
+    model = _load(checkpoint, torch.float32, None)
+    _decode(model, PROMPT, 2)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.biogpt.layers[1].fc2.weight.mul_(-1)
+    mine, _ = _decode(twin, PROMPT, 4)
+    expected, _ = _decode(twin, PROMPT, 4, fused=False)
+    original, _ = _decode(model, PROMPT, 4)
+    torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(mine, original, atol=1e-3)
+
+
+def test_it_is_set_only_where_the_decode_products_are_native(checkpoint):
+    model = _load(checkpoint, torch.bfloat16, None)
+    assert model.cpu_kernel_plan["bfloat16"]["decode"] == "native"
+    assert isinstance(model.biogpt.native_decoder, kernels.NativeDecoder)
+    kernels.remove_cpu_kernels(model)
+    assert model.biogpt.native_decoder is None
+    assert _load(checkpoint, torch.bfloat16, None, "onednn" if kernels.onednn_available(torch.bfloat16)
+                 else "aten").biogpt.native_decoder is None
+
+
+def test_the_probe_gives_decoding_to_native_unless_another_kernel_is_much_faster():
+    close = {"aten": 1.0, "onednn": 0.50, "native": 0.50 * (1 + kernels.NATIVE_DECODE_ALLOWANCE) - 0.01}
+    assert kernels.pick(close, "decode") == "native"  # it also fuses the layers, which the probe does not time
+    assert kernels.pick(close, "batch") == "onednn"
+    far = {"aten": 1.0, "onednn": 0.50, "native": 0.50 * (1 + kernels.NATIVE_DECODE_ALLOWANCE) + 0.01}
+    assert kernels.pick(far, "decode") == "onednn"
