@@ -121,9 +121,7 @@ def _seconds_to_generate(model, vocab: int) -> Callable[[int, int], float]:
     def run(prompt_tokens: int, new_tokens: int) -> float:
         ids = torch.randint(3, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
         ids[0, 0] = 2
-        start = time.perf_counter()
-        _greedy(model, ids, new_tokens)
-        return time.perf_counter() - start
+        return timed(lambda: _greedy(model, ids, new_tokens))[0]
 
     return run
 

@@ -16,8 +16,8 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
   transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
   one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout), `native` (our
   own products of float32, bf16, int8 and int4 weights with a few rows, `biogpt/native.c`, compiled here at first
-  use: see `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays off only
-  over many rows).
+  use: see `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays
+  off only over many rows).
 - *The probe* (`probe`): times every candidate on the model's own weight matrices (so the working set is the real
   one, not cache-resident toys), alternating them, best of a few rounds, and picks the fastest; `aten` keeps the
   job unless another candidate beats it by `MARGIN`, so a choice is never slower than the plain path by more than
@@ -30,10 +30,10 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
 
 `apply_cpu_kernels(model)` swaps the class of the decoder's and output head's float `nn.Linear` layers to
 `CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime; where decoding is
-`native` it also gives the decoder a `NativeDecoder`, which runs all the layers of a batch-1 decode step in one
-native call (the probe therefore gives decoding to `native` unless another kernel streams faster by more than
-NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and torch.compile tracing always
-take `F.linear`.
+`native` it also gives the decoder a `NativeDecoder`, which runs all the layers of a decode step (one new token per
+row) in one native call (the probe therefore gives decoding to `native` unless another kernel streams faster by more
+than NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and
+torch.compile tracing always take `F.linear`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ PREFILL_ROWS = 128
 # A candidate replaces `aten` only when it is at least this much faster (the noise of a short measurement).
 MARGIN = 0.05
 # How much slower than the best its products may measure for `native` to keep decoding: a decode step through
-# `NativeDecoder` (one native call for all layers) took 13-29% less time than the same products called layer by
+# `NativeDecoder` (one native call for all layers) took 17-38% less time than the same products called layer by
 # layer from the module code (bench/RESULTS.md, 2026-12-02), so a product-only disadvantage below that still wins.
 NATIVE_DECODE_ALLOWANCE = 0.25
 # Formats with fewer bytes of weights than this are not probed (ATen): everything sits in the caches and per-call
@@ -690,7 +690,7 @@ class NativeDecoder:
     token per row after a `KVCache` with room for it, several rows where the batch regime's products are not
     `native`, autograd recording, torch.compile tracing, a layer whose decode kernel is not `native`, an activation
     other than GELU. The layers' modules, kernels and tensor addresses are read at every call (`_fingerprint`,
-    ~0.2 ms), so a model moved, converted or re-quantized after loading is never computed from stale pointers.
+    0.3-0.8 ms on two cores), so a model moved, converted or re-quantized after loading is never computed from stale pointers.
     """
 
     def __init__(self) -> None:
@@ -754,17 +754,18 @@ def _fingerprint(layers: nn.ModuleList, regime_name: str) -> tuple:
 def _native_layers(layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> Optional[object]:
     """An array of native.c's `Layer`, one per decoder layer, or None unless every linear runs `native` in the regime
     with `dtype` as its compute dtype, every tensor is contiguous on the CPU and the activation is GELU."""
-    tensors, linears = [], []
+    norms, linears = [], []  # per layer: (attention LayerNorm, final LayerNorm); (q, k, v, out, fc1, fc2)
     for layer in layers:
         if layer.activation is not F.gelu:
             return None
         attention = layer.self_attn
-        for norm in (layer.self_attn_layer_norm, layer.final_layer_norm):
-            tensors += [norm.weight, norm.bias]
-        linears += [attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.fc1, layer.fc2]
+        norms.append((layer.self_attn_layer_norm, layer.final_layer_norm))
+        linears.append((attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.fc1,
+                        layer.fc2))
+    tensors = [t for pair in norms for norm in pair for t in (norm.weight, norm.bias)]
     if any(t.dtype != dtype for t in tensors):
         return None
-    for module in linears:
+    for module in (module for group in linears for module in group):
         quantized = isinstance(module, _QuantizedLinear)
         if (getattr(module, "kernels", {}).get(regime_name) != "native"
                 or (module.compute_dtype if quantized else module.weight.dtype) != dtype):
@@ -772,26 +773,19 @@ def _native_layers(layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) 
         tensors += [module.weight, module.bias, module.scale_tensor() if quantized else None]
     if any(t is not None and (t.device.type != "cpu" or not t.is_contiguous()) for t in tensors):
         return None
-    specs = []
-    for layer in layers:
-        attention, norms = layer.self_attn, (layer.self_attn_layer_norm, layer.final_layer_norm)
-        specs.append(native.layer_spec(
-            norms[0].weight, norms[0].bias, [_native_spec(m) for m in (attention.q_proj, attention.k_proj,
-                                                                        attention.v_proj, attention.out_proj)],
-            norms[1].weight, norms[1].bias, [_native_spec(layer.fc1), _native_spec(layer.fc2)]))
-    return native.layer_array(specs)
+    return native.layer_array([
+        native.layer_spec(first.weight, first.bias, [_native_spec(m) for m in group[:4]], second.weight, second.bias,
+                          [_native_spec(m) for m in group[4:]]) for (first, second), group in zip(norms, linears)])
 
 
 def _native_spec(module: nn.Module) -> object:
     """native.c's `Linear` for a linear layer whose decode kernel is `native`."""
     if isinstance(module, Int8Linear):
-        return native.linear_spec(native.KIND_I8, module.weight, module.scales, module.bias, module.out_features,
-                                  module.in_features)
+        return native.int8_spec(module.weight, module.scales, module.bias)
     if isinstance(module, Int4Linear):
-        return native.linear_spec(native.KIND_I4, module.weight, module.scales_and_zeros, module.bias,
-                                  module.out_features, module.in_features, module.group_size, int4_layout()[0])
-    kind = native.KIND_BF16 if module.weight.dtype == torch.bfloat16 else native.KIND_F32
-    return native.linear_spec(kind, module.weight, None, module.bias, module.out_features, module.in_features)
+        return native.int4_spec(module.weight, module.scales_and_zeros, module.bias, module.in_features,
+                                module.group_size, int4_layout()[0])
+    return native.dense_spec(module.weight, module.bias)
 
 
 def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, cache_file: Optional[Path] = None,

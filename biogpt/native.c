@@ -10,9 +10,9 @@
 
    `biogpt_decode_layers` runs every decoder layer of a decode step (one new token per sequence) in one call, its
    threads meeting at spinning barriers: in PyTorch the same step is ~400 operator calls and ~150 thread wake-ups,
-   5-10 ms per token on two cores next to ~25 ms of weight streaming. It keeps activations in float32 and rounds them to bfloat16 wherever
-   PyTorch's bfloat16 modules round their outputs, so it computes what the module code computes (up to the order
-   of float32 sums). It runs on the OpenMP threads torch uses, as many as the caller says (see run_parallel).
+   5-10 ms per token on two cores next to ~25 ms of weight streaming. It keeps activations in float32 and rounds
+   them to bfloat16 wherever PyTorch's bfloat16 modules round their outputs, so it computes what the module code
+   computes (up to the order of float32 sums). It runs on the OpenMP threads torch uses, as many as the caller says (see run_parallel).
 */
 #include <math.h>
 #include <stdint.h>
@@ -202,7 +202,8 @@ static inline float pload_i8_scalar(int8_t v) { return (float)v; }
 /* What becomes of a product's sum for output row n: times the int8 row scale, plus the bias, rounded to bfloat16
    as PyTorch rounds a linear's output; then the activation, rounded again (PyTorch runs it on that output). */
 static inline float finish(const Linear *L, int bf16, int act, int64_t n, float sum) {
-    float v = sum * (L->kind == KIND_I8 ? value_at(L->scales, bf16, n) : 1.f) + (L->bias ? value_at(L->bias, bf16, n) : 0.f);
+    float v = sum * (L->kind == KIND_I8 ? value_at(L->scales, bf16, n) : 1.f)
+              + (L->bias ? value_at(L->bias, bf16, n) : 0.f);
     if (bf16) v = bf16_rounded(v);
     if (act == ACT_GELU) { /* exact (erf) GELU, as the checkpoints were trained */
         v = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
@@ -444,15 +445,21 @@ static void linear_job(void *arg, Team *team, int ith) {
    Linear it cannot read (an unknown kind, an int4 block other than 64 or 32 rows). */
 int biogpt_linear(const Linear *L, const void *x, void *y, int bf16, int64_t M, int threads) {
     if (check_linear(L)) return 2;
+    if (!bf16) { /* float32 in and out: no copies */
+        LinearJob job = {L, (const float *)x, NULL, (float *)y, 0, M};
+        run_parallel(linear_job, &job, threads);
+        return 0;
+    }
+    /* bfloat16: x widened to float32 (and, for the pairs, kept as bfloat16 too), y rounded back */
     const int64_t count = M * L->K > 0 ? M * L->K : 1, outs = M * L->N > 0 ? M * L->N : 1;
     float *xf = (float *)malloc((size_t)(count + outs) * sizeof(float) + (size_t)count * sizeof(uint16_t));
     if (!xf) return 1;
     float *yf = xf + count;
     uint16_t *xb = (uint16_t *)(yf + outs);
-    for (int64_t i = 0; i < M * L->K; ++i) xf[i] = value_at(x, bf16, i);
-    LinearJob job = {L, xf, xb, yf, bf16, M};
+    for (int64_t i = 0; i < M * L->K; ++i) xf[i] = bf16_scalar(((const uint16_t *)x)[i]);
+    LinearJob job = {L, xf, xb, yf, 1, M};
     run_parallel(linear_job, &job, threads);
-    for (int64_t i = 0; i < M * L->N; ++i) store_at(y, bf16, i, yf[i]);
+    for (int64_t i = 0; i < M * L->N; ++i) ((uint16_t *)y)[i] = bf16_round(yf[i]);
     free(xf);
     return 0;
 }

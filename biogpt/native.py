@@ -95,8 +95,8 @@ def _compile(compiler: str, target: Path, flags: tuple[str, ...] = FLAGS) -> Opt
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        done = subprocess.run([compiler, *flags, str(SOURCE), *LIBRARIES, "-o", str(tmp)], capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
+        done = subprocess.run([compiler, *flags, str(SOURCE), *LIBRARIES, "-o", str(tmp)], capture_output=True,
+                              text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
             return f"{Path(compiler).name} {' '.join(flags)} failed: {first}"
@@ -170,11 +170,30 @@ def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def linear_spec(kind: int, weight: torch.Tensor, scales: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                out_features: int, in_features: int, group_size: int = 0, block_rows: int = 0) -> _Linear:
+def _spec(kind: int, weight: torch.Tensor, scales: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+          out_features: int, in_features: int, group_size: int = 0, block_rows: int = 0) -> _Linear:
     """A `Linear` for native.c pointing into these tensors (which the caller keeps alive while it is used)."""
     return _Linear(kind, weight.data_ptr(), _pointer(scales), _pointer(bias), out_features, in_features, group_size,
                    block_rows)
+
+
+def int8_spec(weight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor]) -> _Linear:
+    """int8 weight (N, K) with one scale per row (N,)."""
+    return _spec(KIND_I8, weight, scales, bias, *weight.shape)
+
+
+def dense_spec(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> _Linear:
+    """float32 or bfloat16 weight (N, K)."""
+    return _spec(KIND_BF16 if weight.dtype == torch.bfloat16 else KIND_F32, weight, None, bias, *weight.shape)
+
+
+def int4_spec(packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: Optional[torch.Tensor], in_features: int,
+              group_size: int, block_rows: int) -> _Linear:
+    """int4 weight in `int4_linear`'s layout with `block_rows` (64 or 32) rows per block."""
+    if block_rows not in (32, 64):
+        raise ValueError(f"block_rows={block_rows}: the native int4 kernel reads blocks of 32 or 64 rows")
+    return _spec(KIND_I4, packed, scales_and_zeros, bias, scales_and_zeros.shape[1], in_features, group_size,
+                 block_rows)
 
 
 def _check(status: int, what: str) -> None:
@@ -195,22 +214,17 @@ def _run(library: ctypes.CDLL, spec: _Linear, rows: torch.Tensor) -> torch.Tenso
 
 def _int8(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
           bias: Optional[torch.Tensor]) -> torch.Tensor:
-    return _run(library, linear_spec(KIND_I8, weight, scales, bias, *weight.shape), rows)
+    return _run(library, int8_spec(weight, scales, bias), rows)
 
 
 def _dense(library: ctypes.CDLL, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
            ) -> torch.Tensor:
-    kind = KIND_BF16 if weight.dtype == torch.bfloat16 else KIND_F32
-    return _run(library, linear_spec(kind, weight, None, bias, *weight.shape), rows)
+    return _run(library, dense_spec(weight, bias), rows)
 
 
 def _int4(library: ctypes.CDLL, rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
           bias: Optional[torch.Tensor], group_size: int, block_rows: int) -> torch.Tensor:
-    if block_rows not in (32, 64):
-        raise ValueError(f"block_rows={block_rows}: the native int4 kernel reads blocks of 32 or 64 rows")
-    spec = linear_spec(KIND_I4, packed, scales_and_zeros, bias, scales_and_zeros.shape[1], rows.shape[1],
-                       group_size, block_rows)
-    return _run(library, spec, rows)
+    return _run(library, int4_spec(packed, scales_and_zeros, bias, rows.shape[1], group_size, block_rows), rows)
 
 
 def int8_linear(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
@@ -237,7 +251,7 @@ def int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torc
 
 def layer_spec(ln1_weight: torch.Tensor, ln1_bias: torch.Tensor, attention: list[_Linear], ln2_weight: torch.Tensor,
                ln2_bias: torch.Tensor, feed_forward: list[_Linear]) -> _Layer:
-    """A `Layer` for native.c: its LayerNorms, [q, k, v, out] projections and [fc1, fc2] (`linear_spec`)."""
+    """A `Layer` for native.c: its LayerNorms, [q, k, v, out] projections and [fc1, fc2] (`*_spec`)."""
     return _Layer(ln1_weight.data_ptr(), ln1_bias.data_ptr(), *attention, ln2_weight.data_ptr(), ln2_bias.data_ptr(),
                   *feed_forward)
 

@@ -132,7 +132,8 @@ def test_int4_products_in_both_split_layouts(block):
         native.int4_linear(x, packed, torch.stack([scales, zeros], dim=2).contiguous(), None, 32, 16)
 
 
-# The code paths of native.c (AVX-512 with and without BF16 pairs, AVX2, portable), each built explicitly (whatever this CPU would pick for itself).
+# The code paths of native.c (AVX-512 with and without BF16 pairs, AVX2, portable), each built explicitly (whatever
+# this CPU would pick for itself).
 AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
 PATHS = {"avx512-bf16": (*AVX512, "-mavx512bf16"), "avx512": AVX512, "avx2": ("-mavx2", "-mfma"), "portable": ()}
 

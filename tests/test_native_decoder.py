@@ -4,6 +4,7 @@ weight format, and the module code wherever a step is not one it computes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -48,20 +49,27 @@ def _load(path, dtype, config, kernels_choice="native"):
                                              cpu_kernels=kernels_choice)
 
 
-def _decode(model, prompt, steps, fused=True):
-    """(logits of every decode step, the cache): greedy steps after `prompt`, the native decoder on or off."""
+@contextlib.contextmanager
+def _native_decoder(model, on: bool):
+    """The model's native decoder as loaded (on), or the module code for every step (off)."""
     decoder = model.biogpt.native_decoder
-    model.biogpt.native_decoder = decoder if fused else None
+    model.biogpt.native_decoder = decoder if on else None
     try:
         with torch.inference_mode():
-            cache = KVCache.for_model(model, 1, prompt.shape[1] + steps)
-            token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
-            logits = []
-            for _ in range(steps):
-                logits.append(model(token, past_key_values=cache).logits[0, -1].float())
-                token = logits[-1].argmax().view(1, 1)
+            yield
     finally:
         model.biogpt.native_decoder = decoder
+
+
+def _decode(model, prompt, steps, fused=True):
+    """(logits of every decode step, the cache): greedy steps after `prompt`, the native decoder on or off."""
+    with _native_decoder(model, fused):
+        cache = KVCache.for_model(model, 1, prompt.shape[1] + steps)
+        token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
+        logits = []
+        for _ in range(steps):
+            logits.append(model(token, past_key_values=cache).logits[0, -1].float())
+            token = logits[-1].argmax().view(1, 1)
     return torch.stack(logits), cache
 
 
@@ -92,21 +100,16 @@ def test_decode_steps_give_the_module_codes_logits_and_cache(checkpoint, dtype, 
 
 def _decode_padded(model, steps, fused=True):
     """Greedy steps of three left-padded prompts of 8, 5 and 3 tokens in one batch: (logits of every step, cache)."""
-    decoder = model.biogpt.native_decoder
-    model.biogpt.native_decoder = decoder if fused else None
     ids = torch.tensor([[2, 17, 40, 5, 63, 8, 91, 33], [1, 1, 1, 2, 9, 70, 12, 4], [1, 1, 1, 1, 1, 2, 55, 81]])
     mask = (torch.arange(8) >= torch.tensor([[0], [3], [5]])).long()
-    try:
-        with torch.inference_mode():
-            cache = KVCache.for_model(model, 3, 8 + steps)
-            token = model(ids, attention_mask=mask, past_key_values=cache).logits[:, -1:].argmax(-1)
-            logits = []
-            for _ in range(steps):
-                mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-                logits.append(model(token, attention_mask=mask, past_key_values=cache).logits[:, -1].float())
-                token = logits[-1].argmax(-1, keepdim=True)
-    finally:
-        model.biogpt.native_decoder = decoder
+    with _native_decoder(model, fused):
+        cache = KVCache.for_model(model, 3, 8 + steps)
+        token = model(ids, attention_mask=mask, past_key_values=cache).logits[:, -1:].argmax(-1)
+        logits = []
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+            logits.append(model(token, attention_mask=mask, past_key_values=cache).logits[:, -1].float())
+            token = logits[-1].argmax(-1, keepdim=True)
     return torch.stack(logits), cache
 
 
