@@ -9,16 +9,18 @@ the answers are the same wherever a device or a dtype is chosen:
   device)` picks bfloat16 (or float16) on a GPU and float32 on the CPU.
 - `cpu_safe_dtype` applies the one rule about float16 on a CPU: it becomes float32, with a warning.
 - `cpu_identity` names this CPU (model and instruction-set flags): what a kernel measured or compiled here is for.
+- `place_on_huge_pages` moves CPU tensors that are streamed from memory every token onto 2 MiB pages.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import mmap
 import platform
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import torch
 
@@ -163,3 +165,57 @@ def cpu_identity() -> tuple[str, frozenset]:
             elif key.strip() in ("flags", "Features") and not flags:
                 flags = frozenset(value.split())
     return model or platform.processor() or platform.machine(), flags
+
+
+HUGE_PAGE_BYTES = 2 << 20
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_huge_pages() -> Optional[str]:
+    """This kernel's transparent huge page mode ("always", "madvise", "never"), or None where it has none."""
+    try:
+        text = TRANSPARENT_HUGE_PAGES.read_text()
+    except OSError:
+        return None
+    chosen = [word.strip("[]") for word in text.split() if word.startswith("[")]
+    return chosen[0] if chosen else None
+
+
+def place_on_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Copy `tensors` into one anonymous memory mapping advised for transparent huge pages (MADV_HUGEPAGE) and point
+    them there (`tensor.data`); returns the bytes moved: 0 where the kernel gives no huge pages ("never", not
+    Linux). Only CPU tensors that are contiguous and the sole user of their storage move; the others stay.
+
+    Why: the native decode step streams every weight from memory once per token. On 4 KiB pages the int4 decoder
+    layers ran 10-20% slower (measured on a 2-core AMD EPYC, THP "madvise": the hardware prefetchers stop at each
+    page boundary and every page costs a TLB walk); PyTorch's own allocator asks for huge pages only when
+    THP_MEM_ALLOC_ENABLE is set before it starts."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None or transparent_huge_pages() not in ("always", "madvise"):
+        return 0
+    movable, seen = [], set()
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if (tensor.device.type == "cpu" and tensor.is_contiguous() and tensor.storage_offset() == 0
+                and storage.nbytes() == tensor.nbytes and tensor.nbytes and storage.data_ptr() not in seen):
+            seen.add(storage.data_ptr())
+            movable.append(tensor)
+    if not movable:
+        return 0
+    aligned = [-(-tensor.nbytes // 64) * 64 for tensor in movable]  # each tensor on a cache line of its own
+    # private (shared anonymous memory is shmem, which has huge pages of its own setting), with room to start on a
+    # 2 MiB boundary
+    region = mmap.mmap(-1, sum(aligned) + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region.madvise(advice)
+    except OSError:  # a kernel built without huge pages for anonymous memory: nothing to gain from moving
+        region.close()
+        return 0
+    memory = torch.frombuffer(region, dtype=torch.uint8)  # the tensors keep the mapping alive
+    offset = -memory.data_ptr() % HUGE_PAGE_BYTES
+    for tensor, size in zip(movable, aligned):
+        placed = memory[offset:offset + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+        placed.copy_(tensor)
+        tensor.data = placed
+        offset += size
+    return sum(tensor.nbytes for tensor in movable)

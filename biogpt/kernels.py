@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
-from .devices import cpu_identity, parse_dtype
+from .devices import cpu_identity, parse_dtype, place_on_huge_pages
 from .errors import ConfigError
 from .settings import CPU_KERNEL_CHOICES, Settings
 
@@ -277,7 +277,11 @@ class Int4Linear(_QuantizedLinear):
 
     def dequantized_t(self) -> torch.Tensor:
         """The transposed (in, out) weight in the compute dtype. Transposed because that is the order the packed
-        bytes already have (input channel outermost), and the groups' scales and zeros then broadcast in place."""
+        bytes already have (input channel outermost), and the groups' scales and zeros then broadcast in place.
+        The native kernels' unpacking where they read this layout (~4.5x faster than these tensor operations)."""
+        if native.available() and int4_layout() in NATIVE_INT4_LAYOUTS:
+            return native.int4_dequantized_t(self.weight, self.scales_and_zeros, self.in_features, self.group_size,
+                                             int4_layout()[0])
         q = unpack_int4_t(self.weight, self.out_features, self.in_features)
         groups = q.view(-1, self.group_size, self.out_features).to(self.compute_dtype)
         scales = self.scales_and_zeros[..., 0].unsqueeze(1)
@@ -811,7 +815,18 @@ def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, c
     if hasattr(base, "native_decoder"):  # a BioGPT decoder: whole layers in one native call where they can be
         decode_native = any(plan.get("decode") == "native" for plan in plans.values())
         base.native_decoder = NativeDecoder() if decode_native else None
+    # Decode steps of bf16, int8 and int4 weights ran 6-18% faster from huge pages; float32 ones gained nothing
+    # measurable, and copying 1.4 GB (out of a memory-mapped checkpoint) cost 1.7 s of loading and its peak memory.
+    streamed = [module for _, module in layers
+                if plans[weight_format(module)].get("decode") == "native" and weight_format(module) != "float32"]
+    place_on_huge_pages(tensor for module in streamed for tensor in _streamed_tensors(module))
     return plans
+
+
+def _streamed_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """What a decode product reads from memory for this layer: weight, scales, bias."""
+    scales = [module.scale_tensor()] if isinstance(module, _QuantizedLinear) else []
+    return [module.weight, *scales, *([module.bias] if module.bias is not None else [])]
 
 
 def _to_plain(module: nn.Module) -> None:

@@ -37,6 +37,14 @@ static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
 static inline vec vset(float v) { return _mm512_set1_ps(v); }
 static inline void vstore(float *p, vec a) { _mm512_storeu_ps(p, a); }
+/* LANES floats as bfloat16 at p, rounded to nearest even like bf16_round (a NaN stays a NaN). */
+static inline void vstore_bf16(uint16_t *p, vec a) {
+    const __m512i bits = _mm512_castps_si512(a);
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                       _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1))));
+    rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+}
 /* LANES packed bytes at p: their low (high) nibbles minus 8 as floats. The table lookup reads only the low four
    bits of each lane, so the low nibbles need no mask. */
 static inline __m512i vbytes(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
@@ -67,6 +75,15 @@ static inline float vsum(vec a) {
 }
 static inline vec vset(float v) { return _mm256_set1_ps(v); }
 static inline void vstore(float *p, vec a) { _mm256_storeu_ps(p, a); }
+static inline void vstore_bf16(uint16_t *p, vec a) {
+    const __m256i bits = _mm256_castps_si256(a);
+    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                       _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1))));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7fc00000),
+                                 _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)));
+    const __m256i high = _mm256_srli_epi32(rounded, 16);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(high), _mm256_extracti128_si256(high, 1)));
+}
 static inline __m256i vbytes(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 static inline vec vnib(__m256i lanes) { /* the low four bits of each lane, minus 8, as floats */
     return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lanes, _mm256_set1_epi32(15))), _mm256_set1_ps(8));
@@ -86,6 +103,8 @@ static inline vec vadd(vec a, vec b) { return a + b; }
 static inline float vsum(vec a) { return a; }
 static inline vec vset(float v) { return v; }
 static inline void vstore(float *p, vec a) { *p = a; }
+static inline uint16_t bf16_round(float f);
+static inline void vstore_bf16(uint16_t *p, vec a) { *p = bf16_round(a); }
 static inline vec vnib_lo(const uint8_t *p) { return (float)(*p & 15) - 8.f; }
 static inline vec vnib_hi(const uint8_t *p) { return (float)(*p >> 4) - 8.f; }
 #endif
@@ -257,6 +276,17 @@ DEFINE_PRODUCTS(bf16_pairs, uint16_t, uint16_t, 32, pload_bf16, pload_bf16, pmac
    and row B/2 + j (high nibble); the last N % B rows form one block in which byte j of a column holds rows 2j (low)
    and 2j + 1 (high). W[n, k] = (q - 8) * scale[g, n] + zero[g, n] for the group g = k / group, scales_zeros laid out
    (K / group, N, 2). So y[n] = sum over groups of scale * sum_k (q - 8) x[k] + zero * sum_k x[k]. */
+/* Each group's scales and zeros are a short read far from the last one ((K / group, N, 2) layout), which the
+   hardware prefetchers do not foresee: a miss at the end of every group stalled the int4 products (one thread: 10.6
+   GB/s of int4 weights where the arithmetic alone runs at 24). So each group asks for the next one's (the next
+   block's first group after the last) while it computes. */
+static inline void prefetch_scales(const void *sz, int bf16, int64_t N, int64_t n0, int64_t rows, int64_t g,
+                                   int64_t groups) {
+    const int64_t next = g + 1 < groups ? (g + 1) * N + n0 : n0 + rows, size = bf16 ? 2 : 4;
+    const char *at = (const char *)sz + next * 2 * size;
+    for (int64_t offset = 0; offset < rows * 2 * size; offset += 64) __builtin_prefetch(at + offset);
+}
+
 /* Rows n0 .. n0 + B - 1 of one block (`wb`: its K * B/2 bytes) for one row of x, into out[B]. */
 #define DEFINE_INT4_BLOCK(NAME, B)                                                                             \
     static void NAME(const uint8_t *wb, const float *xf, const void *sz, int bf16, int64_t N, int64_t n0,      \
@@ -266,6 +296,7 @@ DEFINE_PRODUCTS(bf16_pairs, uint16_t, uint16_t, 32, pload_bf16, pload_bf16, pmac
         _Pragma("GCC unroll 8") for (int v = 0; v < VECS; ++v) total[v] = vzero();                             \
         float scale[B], zero[B];                                                                               \
         for (int64_t k0 = 0; k0 < K; k0 += group) {                                                            \
+            prefetch_scales(sz, bf16, N, n0, (B), k0 / group, K / group);                                      \
             vec acc[VECS];                                                                                     \
             _Pragma("GCC unroll 8") for (int v = 0; v < VECS; ++v) acc[v] = vzero();                           \
             float sum_x = 0.f;                                                                                 \
@@ -291,6 +322,69 @@ DEFINE_PRODUCTS(bf16_pairs, uint16_t, uint16_t, 32, pload_bf16, pload_bf16, pmac
 
 DEFINE_INT4_BLOCK(int4_block64, 64)
 DEFINE_INT4_BLOCK(int4_block32, 32)
+
+#if HAVE_PAIRS && defined(__AVX512VBMI__)
+#define HAVE_INT4_PAIRS 1
+/* The 64-row block on bfloat16 pairs (bfloat16 activations, CPUs with AVX-512 BF16 and VBMI): two input columns per
+   step, 64 bytes holding both columns' nibbles; a masked byte permutation (VPERMB) sets each nibble in a 16-bit lane
+   next to the same row's nibble of the other column, a word lookup (VPERMW, low five bits) makes it the exact bfloat16
+   of q - 8, and one VDPBF16PS per 16 rows multiplies the pairs with x's pair. Four vector operations per 32 weights
+   where the float32 block above needs eight: that block is bound by its arithmetic, not by memory. */
+static void int4_pairs_block64(const uint8_t *wb, const uint16_t *xb, const float *xf, const void *sz, int bf16,
+                               int64_t N, int64_t n0, int64_t K, int64_t group, float *out) {
+    static const uint16_t q_minus_8[32] = { /* bfloat16 bits of -8 .. 7, twice (index bit 4 is the next nibble's) */
+        0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, 0x0000, 0x3F80, 0x4000, 0x4040, 0x4080,
+        0x40A0, 0x40C0, 0x40E0, 0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, 0x0000, 0x3F80,
+        0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0};
+    /* pick[h]: for rows 16h + r (r < 16), word 2r takes byte 16h + r (column k), word 2r + 1 byte 32 + 16h + r
+       (column k + 1); the words' high bytes are masked to zero */
+    uint8_t pick[2][64];
+    for (int h = 0; h < 2; ++h)
+        for (int w = 0; w < 32; ++w) {
+            pick[h][2 * w] = (uint8_t)((w & 1) * 32 + 16 * h + w / 2);
+            pick[h][2 * w + 1] = 0;
+        }
+    const __m512i table = _mm512_loadu_si512((const void *)q_minus_8);
+    const __m512i pick0 = _mm512_loadu_si512((const void *)pick[0]), pick1 = _mm512_loadu_si512((const void *)pick[1]);
+    const __mmask64 low_bytes = 0x5555555555555555ULL;
+    __m512 total[4];
+    for (int v = 0; v < 4; ++v) total[v] = _mm512_setzero_ps();
+    float scale[64], zero[64];
+    for (int64_t k0 = 0; k0 < K; k0 += group) {
+        prefetch_scales(sz, bf16, N, n0, 64, k0 / group, K / group);
+        __m512 acc[4];
+        for (int v = 0; v < 4; ++v) acc[v] = _mm512_setzero_ps();
+        float sum_x = 0.f;
+        for (int64_t k = k0; k < k0 + group; k += 2) {
+            const __m512i lo = _mm512_loadu_si512((const void *)(wb + k * 32)); /* rows 0..31: low nibbles */
+            const __m512i hi = _mm512_srli_epi16(lo, 4);                       /* rows 32..63: high nibbles */
+            uint32_t pair;
+            memcpy(&pair, xb + k, sizeof pair);
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)pair);
+            sum_x += xf[k] + xf[k + 1];
+#define INT4_PAIRS(V, BYTES, PICK) \
+    acc[V] = _mm512_dpbf16_ps(acc[V], \
+        (__m512bh)_mm512_permutexvar_epi16(_mm512_maskz_permutexvar_epi8(low_bytes, PICK, BYTES), table), xv)
+            INT4_PAIRS(0, lo, pick0);
+            INT4_PAIRS(1, lo, pick1);
+            INT4_PAIRS(2, hi, pick0);
+            INT4_PAIRS(3, hi, pick1);
+#undef INT4_PAIRS
+        }
+        int64_t g = k0 / group;
+        for (int r = 0; r < 64; ++r) {
+            scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);
+            zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * sum_x;
+        }
+        for (int v = 0; v < 4; ++v)
+            total[v] = _mm512_add_ps(_mm512_fmadd_ps(acc[v], _mm512_loadu_ps(scale + 16 * v), total[v]),
+                                     _mm512_loadu_ps(zero + 16 * v));
+    }
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + 16 * v, total[v]);
+}
+#else
+#define HAVE_INT4_PAIRS 0
+#endif
 
 /* The last N % B rows (pairs of rows per byte): plain scalar code, a small part of any matrix. */
 static void int4_tail(const uint8_t *tail, const float *xf, const void *sz, int bf16, int64_t N, int64_t n0,
@@ -371,21 +465,37 @@ static inline void share(int64_t count, const Team *team, int ith, int64_t *begi
 
 /* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`); xb: room for M * K
    bfloat16 values. Thread ith of nth computes its share of the rows; returns when all threads have finished. */
+/* xb = xf as bfloat16 (exact: in bfloat16 mode xf holds bfloat16 values), each thread its share, then a barrier:
+   the pairs products read all of it. */
+static void to_pairs(const float *xf, uint16_t *xb, int64_t count, Team *team, int ith) {
+    int64_t first, last;
+    share(count, team, ith, &first, &last);
+    for (int64_t i = first; i < last; ++i) xb[i] = bf16_round(xf[i]);
+    barrier(team);
+}
+
 static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int bf16, int act, int64_t M,
                    Team *team, int ith) {
     const int64_t N = L->N, K = L->K;
     int64_t begin, end;
+    (void)xb;
     if (L->kind == KIND_I4) {
         const uint8_t *w = (const uint8_t *)L->weight;
         int64_t block = L->block, whole = N - N % block, blocks = whole / block + (N > whole ? 1 : 0);
+        const int pairs = HAVE_INT4_PAIRS && bf16 && block == 64;
+        if (pairs) to_pairs(xf, xb, M * K, team, ith);
         share(blocks, team, ith, &begin, &end);
         for (int64_t b = begin; b < end; ++b) {
             int64_t n0 = b * block, rows = n0 < whole ? block : N - whole;
             float out[64];
             for (int64_t m = 0; m < M; ++m) {
-                if (n0 >= whole) int4_tail(w + whole * K / 2, xf + m * K, L->scales, bf16, N, n0, rows, K, L->group, out);
-                else if (block == 64) int4_block64(w + n0 * K / 2, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
-                else int4_block32(w + n0 * K / 2, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
+                const uint8_t *wb = w + n0 * K / 2;
+                if (n0 >= whole) int4_tail(wb, xf + m * K, L->scales, bf16, N, n0, rows, K, L->group, out);
+#if HAVE_INT4_PAIRS
+                else if (pairs) int4_pairs_block64(wb, xb + m * K, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
+#endif
+                else if (block == 64) int4_block64(wb, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
+                else int4_block32(wb, xf + m * K, L->scales, bf16, N, n0, K, L->group, out);
                 for (int64_t r = 0; r < rows; ++r) y[m * N + n0 + r] = finish(L, bf16, act, n0 + r, out[r]);
             }
         }
@@ -395,11 +505,8 @@ static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int
     const int64_t blocks = (N + ROWS - 1) / ROWS;
     share(blocks, team, ith, &begin, &end);
 #if HAVE_PAIRS
-    if (bf16 && L->kind != KIND_F32) { /* bfloat16 activations: x as bfloat16 pairs, once for all threads */
-        int64_t first, last;
-        share(M * K, team, ith, &first, &last);
-        for (int64_t i = first; i < last; ++i) xb[i] = bf16_round(xf[i]); /* exact: xf holds bfloat16 values */
-        barrier(team);
+    if (bf16 && L->kind != KIND_F32) { /* bfloat16 activations: x as bfloat16 pairs */
+        to_pairs(xf, xb, M * K, team, ith);
         for (int64_t b = begin; b < end; ++b) {
             int64_t n = b * ROWS;
             int NR = N - n < ROWS ? (int)(N - n) : ROWS;
@@ -410,7 +517,6 @@ static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int
         return;
     }
 #endif
-    (void)xb;
     for (int64_t b = begin; b < end; ++b) {
         int64_t n = b * ROWS;
         int NR = N - n < ROWS ? (int)(N - n) : ROWS;
@@ -461,6 +567,66 @@ int biogpt_linear(const Linear *L, const void *x, void *y, int bf16, int64_t M, 
     run_parallel(linear_job, &job, threads);
     for (int64_t i = 0; i < M * L->N; ++i) ((uint16_t *)y)[i] = bf16_round(yf[i]);
     free(xf);
+    return 0;
+}
+
+/* Column k of an int4 block (`col`: its rows / 2 bytes) as q - 8 in float32, for its `rows` rows in order. */
+static inline void int4_column(const uint8_t *col, int64_t rows, int split, float *q) {
+    if (split) { /* byte j: row j (low nibble), row rows / 2 + j (high); rows / 2 is a multiple of LANES */
+        for (int64_t j = 0; j < rows / 2; j += LANES) {
+            vstore(q + j, vnib_lo(col + j));
+            vstore(q + rows / 2 + j, vnib_hi(col + j));
+        }
+    } else { /* the tail block: byte j holds rows 2j (low) and 2j + 1 (high) */
+        for (int64_t j = 0; j < rows / 2; ++j) {
+            q[2 * j] = (float)(col[j] & 15) - 8.f;
+            q[2 * j + 1] = (float)(col[j] >> 4) - 8.f;
+        }
+    }
+}
+
+typedef struct {
+    const Linear *L;
+    void *out;
+    int bf16;
+} DequantizeJob;
+
+static void dequantize_job(void *arg, Team *team, int ith) {
+    const DequantizeJob *j = (const DequantizeJob *)arg;
+    const Linear *L = j->L;
+    const int64_t N = L->N, K = L->K, block = L->block, whole = N - N % block;
+    const int64_t blocks = whole / block + (N > whole ? 1 : 0);
+    int64_t begin, end;
+    share(blocks, team, ith, &begin, &end);
+    float q[64], scale[64], zero[64];
+    for (int64_t b = begin; b < end; ++b) {
+        const int64_t n0 = b * block, rows = n0 < whole ? block : N - whole;
+        const uint8_t *wb = (const uint8_t *)L->weight + n0 * K / 2;
+        for (int64_t k0 = 0; k0 < K; k0 += L->group) {
+            for (int64_t r = 0; r < rows; ++r) {
+                scale[r] = value_at(L->scales, j->bf16, ((k0 / L->group) * N + n0 + r) * 2);
+                zero[r] = value_at(L->scales, j->bf16, ((k0 / L->group) * N + n0 + r) * 2 + 1);
+            }
+            for (int64_t k = k0; k < k0 + L->group; ++k) {
+                int4_column(wb + k * rows / 2, rows, n0 < whole, q);
+                for (int64_t r = 0; r < rows; r += LANES) { /* rows: a multiple of 16 (kernels.int4_shape_error) */
+                    vec w = vfma(vload(q + r), vload(scale + r), vload(zero + r));
+                    if (j->bf16) vstore_bf16((uint16_t *)j->out + k * N + n0 + r, w);
+                    else vstore((float *)j->out + k * N + n0 + r, w);
+                }
+            }
+        }
+    }
+}
+
+/* The transposed weight W^T (K, N) of an int4 Linear in the compute dtype (float32, or bfloat16 when `bf16`):
+   out[k * N + n] = (q - 8) * scale + zero, computed in float32 and rounded once. What the `dequant` kernel of a
+   long prompt multiplies with (4096 x 1024 on two cores: 1.1 ms, PyTorch's tensor operations 5 ms). Returns 0, or
+   2 for a Linear it cannot read. */
+int biogpt_int4_dequantize_t(const Linear *L, void *out, int bf16, int threads) {
+    if (check_linear(L) || L->kind != KIND_I4) return 2;
+    DequantizeJob job = {L, out, bf16};
+    run_parallel(dequantize_job, &job, threads);
     return 0;
 }
 

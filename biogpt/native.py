@@ -139,6 +139,8 @@ def _declare(library: ctypes.CDLL) -> None:
                                              pointer, ctypes.c_int, size, size, size, size, size, ctypes.c_float,
                                              ctypes.c_float, ctypes.c_int, ctypes.c_int]
     library.biogpt_decode_layers.restype = ctypes.c_int
+    library.biogpt_int4_dequantize_t.argtypes = [ctypes.POINTER(_Linear), pointer, ctypes.c_int, ctypes.c_int]
+    library.biogpt_int4_dequantize_t.restype = ctypes.c_int
 
 
 def _self_test(library: ctypes.CDLL) -> Optional[str]:
@@ -247,6 +249,23 @@ def int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torc
     `scales_and_zeros` (K / group_size, N, 2); rows, scales_and_zeros, bias and the result all float32 or all
     bfloat16, contiguous on the CPU."""
     return _int4(_library()[0], rows, packed, scales_and_zeros, bias, group_size, block_rows)
+
+
+def _int4_dequantized_t(library: ctypes.CDLL, packed: torch.Tensor, scales_and_zeros: torch.Tensor, in_features: int,
+                        group_size: int, block_rows: int) -> torch.Tensor:
+    spec = int4_spec(packed, scales_and_zeros, None, in_features, group_size, block_rows)
+    out = torch.empty(in_features, spec.N, dtype=scales_and_zeros.dtype)
+    _check(library.biogpt_int4_dequantize_t(ctypes.byref(spec), out.data_ptr(),
+                                            int(out.dtype == torch.bfloat16), torch.get_num_threads()),
+           "int4 dequantization")
+    return out
+
+
+def int4_dequantized_t(packed: torch.Tensor, scales_and_zeros: torch.Tensor, in_features: int, group_size: int,
+                       block_rows: int) -> torch.Tensor:
+    """The transposed weight W^T (in_features, N) of `int4_linear`'s arguments in the dtype of `scales_and_zeros`:
+    (q - 8) * scale + zero, computed in float32 and rounded once."""
+    return _int4_dequantized_t(_library()[0], packed, scales_and_zeros, in_features, group_size, block_rows)
 
 
 def layer_spec(ln1_weight: torch.Tensor, ln1_bias: torch.Tensor, attention: list[_Linear], ln2_weight: torch.Tensor,

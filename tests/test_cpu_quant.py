@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biogpt import BioGptConfig, BioGptForCausalLM, BioGptTokenizer, CheckpointError, ConfigError, DeviceError
-from biogpt import TorchAoConfig, catalog, kernels
+from biogpt import TorchAoConfig, catalog, kernels, native
 from biogpt.manager import ModelSpec, ModelManager
 from biogpt.quantization import TorchAoQuantizer, cpu_quantization_config
 
@@ -90,16 +90,30 @@ def test_strided_inputs_work_like_contiguous_ones():
             assert torch.equal(layer(x), layer(x.contiguous()))
 
 
-def test_int4_unpacking_reads_the_kernels_layout():
-    """The dequant kernel reads PyTorch's packed int4 layout back: its matrix is (q - 8) * scale + zero."""
+@pytest.mark.parametrize("unpacking", ["native", "tensor operations"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_unpacking_reads_the_kernels_layout(unpacking, dtype, monkeypatch):
+    """The dequant kernel reads PyTorch's packed int4 layout back: its matrix is (q - 8) * scale + zero, whether
+    native.c unpacks it or tensor operations do (where the native kernels cannot run)."""
     if not kernels.int4_layout_known():
         pytest.skip("this torch build packs int4 differently: the dequant candidate is disabled here")
+    if unpacking == "native" and not (native.available() and kernels.int4_layout() in kernels.NATIVE_INT4_LAYOUTS):
+        pytest.skip("no native int4 kernels here")
+    if unpacking != "native":
+        monkeypatch.setattr(native, "available", lambda: False)
     for rows in (64, 112, 208):  # whole 64-row blocks, and a tail
         weight = _weight(rows, 128, seed=rows)
-        layer = kernels.Int4Linear.from_float(weight, None, torch.float32, 32)
+        layer = kernels.Int4Linear.from_float(weight, None, dtype, 32)
         q, scales, zeros = kernels.quantize_int4(weight, 32)
-        expected = ((q.view(rows, -1, 32) - 8) * scales[..., None] + zeros[..., None]).view(rows, 128)
-        torch.testing.assert_close(layer.dequantized(), expected)
+        scales, zeros = scales.to(dtype).double(), zeros.to(dtype).double()  # what the layer keeps
+        expected = ((q.view(rows, -1, 32).double() - 8) * scales[..., None] + zeros[..., None]).view(rows, 128)
+        got = layer.dequantized().double()
+        assert layer.dequantized().dtype == dtype and got.shape == (rows, 128)
+        half_ulp = 2 ** -(24 if dtype == torch.float32 else 8)  # the unit roundoff: one rounding to the dtype
+        bound = expected.abs() * half_ulp
+        if unpacking != "native" and dtype == torch.bfloat16:  # zero - 8 * scale is rounded first, then the sum
+            bound = bound + (zeros - 8 * scales).abs().repeat_interleave(32, dim=1) * half_ulp * 2
+        assert bool(((got - expected).abs() <= bound).all()), float(((got - expected).abs() - bound).max())
 
 
 def test_int4_shapes_the_kernel_cannot_take_are_refused_clearly():

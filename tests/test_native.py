@@ -135,14 +135,17 @@ def test_int4_products_in_both_split_layouts(block):
 # The code paths of native.c (AVX-512 with and without BF16 pairs, AVX2, portable), each built explicitly (whatever
 # this CPU would pick for itself).
 AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
-PATHS = {"avx512-bf16": (*AVX512, "-mavx512bf16"), "avx512": AVX512, "avx2": ("-mavx2", "-mfma"), "portable": ()}
+PATHS = {"avx512-bf16-vbmi": (*AVX512, "-mavx512bf16", "-mavx512vbmi"), "avx512-bf16": (*AVX512, "-mavx512bf16"),
+         "avx512": AVX512, "avx2": ("-mavx2", "-mfma"), "portable": ()}
+PATH_NEEDS = {"avx512-bf16-vbmi": ("avx512_bf16", "avx512vbmi"), "avx512-bf16": ("avx512_bf16",), "avx512": ("avx512f",),
+              "avx2": ("avx2",), "portable": ()}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_every_code_path_computes_the_same_products(path, tmp_path):
-    flags = {"avx512-bf16": "avx512_bf16", "avx512": "avx512f", "avx2": "avx2"}.get(path)
-    if flags and flags not in cpu_identity()[1]:
-        pytest.skip(f"this CPU has no {flags}")
+    missing = [flag for flag in PATH_NEEDS[path] if flag not in cpu_identity()[1]]
+    if missing:
+        pytest.skip(f"this CPU has no {', '.join(missing)}")
     compiler = next((p for p in map(shutil.which, native.COMPILERS) if p), None)
     if compiler is None:
         pytest.skip("no C compiler here")
@@ -172,6 +175,11 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
                                kernels.int4_layout()[0]).double()
             assert bool(((got - exact).abs() <= _bound(x.double(), weight, exact, torch.bfloat16)).all()), (
                 path, rows, out_features)
+            # the dequant kernel's W^T: each value (q - 8) * scale + zero rounded once to bfloat16
+            unpacked = native._int4_dequantized_t(library, packed, scales_and_zeros, in_features, group_size,
+                                                  kernels.int4_layout()[0])
+            assert unpacked.dtype == torch.bfloat16 and unpacked.shape == (in_features, out_features)
+            assert bool(((unpacked.double() - weight.t()).abs() <= weight.t().abs() * 2 ** -8).all()), path
 
 
 @needs_native

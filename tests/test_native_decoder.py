@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from biogpt import BioGptConfig, BioGptForCausalLM, kernels, native
+from biogpt import BioGptConfig, BioGptForCausalLM, devices, kernels, native
 from biogpt.cache import KVCache, StaticKVCache
 from biogpt.quantization import TorchAoConfig
 
@@ -215,3 +215,58 @@ def test_the_probe_gives_decoding_to_native_unless_another_kernel_is_much_faster
     assert kernels.pick(close, "batch") == "onednn"
     far = {"aten": 1.0, "onednn": 0.50, "native": 0.50 * (1 + kernels.NATIVE_DECODE_ALLOWANCE) + 0.01}
     assert kernels.pick(far, "decode") == "onednn"
+
+
+def _mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            inside = start <= address < end
+        elif inside and fields[0] == "VmFlags:":
+            return fields[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(devices.transparent_huge_pages() not in ("always", "madvise"),
+                    reason="this kernel gives no transparent huge pages")
+@pytest.mark.parametrize("dtype, config", FORMATS)
+def test_streamed_bf16_and_quantized_weights_move_to_memory_advised_for_huge_pages(checkpoint, dtype, config):
+    model = _load(checkpoint, dtype, config)
+    plain = _load(checkpoint, dtype, config, kernels_choice="aten")  # nothing native: nothing moved
+    layers = [module for name, module in kernels.cpu_linears(model)]
+    moved = dtype != torch.float32  # float32 weights stay where loading put them (no measurable gain)
+    for module in layers:
+        for tensor in kernels._streamed_tensors(module):
+            assert ("hg" in _mapping_flags(tensor.data_ptr())) == moved  # madvise(MADV_HUGEPAGE) on its mapping
+    assert "hg" not in _mapping_flags(model.biogpt.layers[0].self_attn_layer_norm.weight.data_ptr())
+    assert "hg" not in _mapping_flags(kernels.cpu_linears(plain)[0][1].weight.data_ptr())
+    assert model.biogpt.embed_tokens.weight is model.output_projection.weight or config is not None  # still tied
+    logits, _ = _decode(model, PROMPT, 6)
+    reference, _ = _decode(plain, PROMPT, 6, fused=False)
+    tolerance = 1e-5 if dtype == torch.float32 and config is None else 2 ** -7
+    torch.testing.assert_close(logits, reference, rtol=tolerance, atol=tolerance)
+
+
+def test_only_whole_cpu_tensors_move_and_nothing_when_the_kernel_has_no_huge_pages(tmp_path, monkeypatch):
+    whole, other = torch.randn(300, 7), torch.arange(12, dtype=torch.int8)
+    base = torch.randn(10, 10)
+    view = base[2:5]  # a part of another tensor's storage: moving it would cut it off
+    values = [t.clone() for t in (whole, other, view)]
+    addresses = [t.data_ptr() for t in (whole, other, view)]
+    setting = tmp_path / "enabled"
+    setting.write_text("always madvise [never]\n")
+    monkeypatch.setattr(devices, "TRANSPARENT_HUGE_PAGES", setting)
+    assert devices.place_on_huge_pages([whole, other, view]) == 0
+    assert [t.data_ptr() for t in (whole, other, view)] == addresses
+    setting.write_text("always [madvise] never\n")
+    assert devices.place_on_huge_pages([whole, other, view, whole]) == 300 * 7 * 4 + 12  # each tensor once
+    # on a 2 MiB boundary, the next tensor on the next 64-byte line (8400 bytes -> 8448)
+    assert whole.data_ptr() % devices.HUGE_PAGE_BYTES == 0 and other.data_ptr() == whole.data_ptr() + 8448
+    assert view.data_ptr() == addresses[2] and view.data_ptr() == base[2:].data_ptr()
+    for tensor, value in zip((whole, other, view), values):
+        assert torch.equal(tensor, value)
+    whole.add_(1)  # the new memory is writable and the tensor's own
+    assert torch.equal(whole, values[0] + 1) and torch.equal(other, values[1])
