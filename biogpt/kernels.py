@@ -279,7 +279,7 @@ class Int4Linear(_QuantizedLinear):
         """The transposed (in, out) weight in the compute dtype. Transposed because that is the order the packed
         bytes already have (input channel outermost), and the groups' scales and zeros then broadcast in place.
         The native kernels' unpacking where they read this layout (~4.5x faster than these tensor operations)."""
-        if native.available() and int4_layout() in NATIVE_INT4_LAYOUTS:
+        if native_int4_available():
             return native.int4_dequantized_t(self.weight, self.scales_and_zeros, self.in_features, self.group_size,
                                              int4_layout()[0])
         q = unpack_int4_t(self.weight, self.out_features, self.in_features)
@@ -322,6 +322,11 @@ def unpack_int4_t(packed: torch.Tensor, out_features: int, in_features: int,
         tail = flat[whole * in_features // 2:].view(in_features, (out_features - whole) // 2)
         parts.append(torch.stack((tail & 15, tail >> 4), dim=2).reshape(in_features, out_features - whole))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def native_int4_available() -> bool:
+    """True when the native kernels run here and read this torch build's int4 packing."""
+    return native.available() and int4_layout() in NATIVE_INT4_LAYOUTS
 
 
 @functools.lru_cache(maxsize=1)
@@ -437,7 +442,7 @@ CANDIDATES = (
     Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, frozenset({"decode", "batch"}),
               lambda fmt: native.available()),
     Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch"}),
-              lambda fmt: native.available() and int4_layout() in NATIVE_INT4_LAYOUTS),
+              lambda fmt: native_int4_available()),
     Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
@@ -817,8 +822,8 @@ def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, c
         base.native_decoder = NativeDecoder() if decode_native else None
     # Decode steps of bf16, int8 and int4 weights ran 6-18% faster from huge pages; float32 ones gained nothing
     # measurable, and copying 1.4 GB (out of a memory-mapped checkpoint) cost 1.7 s of loading and its peak memory.
-    streamed = [module for _, module in layers
-                if plans[weight_format(module)].get("decode") == "native" and weight_format(module) != "float32"]
+    formats = {module: weight_format(module) for _, module in layers}
+    streamed = [module for module, fmt in formats.items() if plans[fmt].get("decode") == "native" and fmt != "float32"]
     place_on_huge_pages(tensor for module in streamed for tensor in _streamed_tensors(module))
     return plans
 

@@ -287,6 +287,16 @@ static inline void prefetch_scales(const void *sz, int bf16, int64_t N, int64_t 
     for (int64_t offset = 0; offset < rows * 2 * size; offset += 64) __builtin_prefetch(at + offset);
 }
 
+/* The scales of rows n0 .. n0 + rows - 1 in group g, and their zeros times `zero_factor` (a group's sum of x in the
+   products, 1 when unpacking). */
+static inline void group_scales(const void *sz, int bf16, int64_t N, int64_t n0, int64_t rows, int64_t g,
+                                float zero_factor, float *scale, float *zero) {
+    for (int64_t r = 0; r < rows; ++r) {
+        scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);
+        zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * zero_factor;
+    }
+}
+
 /* Rows n0 .. n0 + B - 1 of one block (`wb`: its K * B/2 bytes) for one row of x, into out[B]. */
 #define DEFINE_INT4_BLOCK(NAME, B)                                                                             \
     static void NAME(const uint8_t *wb, const float *xf, const void *sz, int bf16, int64_t N, int64_t n0,      \
@@ -309,11 +319,7 @@ static inline void prefetch_scales(const void *sz, int bf16, int64_t N, int64_t 
                     acc[v + VECS / 2] = vfma(vnib_hi(p + v * LANES), xk, acc[v + VECS / 2]);                   \
                 }                                                                                              \
             }                                                                                                  \
-            int64_t g = k0 / group;                                                                            \
-            for (int r = 0; r < (B); ++r) {                                                                    \
-                scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);                                           \
-                zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * sum_x;                                \
-            }                                                                                                  \
+            group_scales(sz, bf16, N, n0, (B), k0 / group, sum_x, scale, zero);                                \
             _Pragma("GCC unroll 8") for (int v = 0; v < VECS; ++v)                                             \
                 total[v] = vadd(vfma(acc[v], vload(scale + v * LANES), total[v]), vload(zero + v * LANES));    \
         }                                                                                                      \
@@ -371,11 +377,7 @@ static void int4_pairs_block64(const uint8_t *wb, const uint16_t *xb, const floa
             INT4_PAIRS(3, hi, pick1);
 #undef INT4_PAIRS
         }
-        int64_t g = k0 / group;
-        for (int r = 0; r < 64; ++r) {
-            scale[r] = value_at(sz, bf16, (g * N + n0 + r) * 2);
-            zero[r] = value_at(sz, bf16, (g * N + n0 + r) * 2 + 1) * sum_x;
-        }
+        group_scales(sz, bf16, N, n0, 64, k0 / group, sum_x, scale, zero);
         for (int v = 0; v < 4; ++v)
             total[v] = _mm512_add_ps(_mm512_fmadd_ps(acc[v], _mm512_loadu_ps(scale + 16 * v), total[v]),
                                      _mm512_loadu_ps(zero + 16 * v));
@@ -385,6 +387,12 @@ static void int4_pairs_block64(const uint8_t *wb, const uint16_t *xb, const floa
 #else
 #define HAVE_INT4_PAIRS 0
 #endif
+
+/* An int4 Linear's blocks: its whole blocks of L->block rows (*whole rows in all), then the tail block if any. */
+static inline int64_t int4_blocks(const Linear *L, int64_t *whole) {
+    *whole = L->N - L->N % L->block;
+    return *whole / L->block + (L->N > *whole ? 1 : 0);
+}
 
 /* The last N % B rows (pairs of rows per byte): plain scalar code, a small part of any matrix. */
 static void int4_tail(const uint8_t *tail, const float *xf, const void *sz, int bf16, int64_t N, int64_t n0,
@@ -463,8 +471,6 @@ static inline void share(int64_t count, const Team *team, int ith, int64_t *begi
     *end = count * (ith + 1) / team->nth;
 }
 
-/* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`); xb: room for M * K
-   bfloat16 values. Thread ith of nth computes its share of the rows; returns when all threads have finished. */
 /* xb = xf as bfloat16 (exact: in bfloat16 mode xf holds bfloat16 values), each thread its share, then a barrier:
    the pairs products read all of it. */
 static void to_pairs(const float *xf, uint16_t *xb, int64_t count, Team *team, int ith) {
@@ -474,6 +480,8 @@ static void to_pairs(const float *xf, uint16_t *xb, int64_t count, Team *team, i
     barrier(team);
 }
 
+/* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`); xb: room for M * K
+   bfloat16 values. Thread ith of nth computes its share of the rows; returns when all threads have finished. */
 static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int bf16, int act, int64_t M,
                    Team *team, int ith) {
     const int64_t N = L->N, K = L->K;
@@ -481,7 +489,7 @@ static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int
     (void)xb;
     if (L->kind == KIND_I4) {
         const uint8_t *w = (const uint8_t *)L->weight;
-        int64_t block = L->block, whole = N - N % block, blocks = whole / block + (N > whole ? 1 : 0);
+        int64_t block = L->block, whole, blocks = int4_blocks(L, &whole);
         const int pairs = HAVE_INT4_PAIRS && bf16 && block == 64;
         if (pairs) to_pairs(xf, xb, M * K, team, ith);
         share(blocks, team, ith, &begin, &end);
@@ -594,8 +602,9 @@ typedef struct {
 static void dequantize_job(void *arg, Team *team, int ith) {
     const DequantizeJob *j = (const DequantizeJob *)arg;
     const Linear *L = j->L;
-    const int64_t N = L->N, K = L->K, block = L->block, whole = N - N % block;
-    const int64_t blocks = whole / block + (N > whole ? 1 : 0);
+    const int64_t N = L->N, K = L->K, block = L->block;
+    int64_t whole;
+    const int64_t blocks = int4_blocks(L, &whole);
     int64_t begin, end;
     share(blocks, team, ith, &begin, &end);
     float q[64], scale[64], zero[64];
@@ -603,10 +612,7 @@ static void dequantize_job(void *arg, Team *team, int ith) {
         const int64_t n0 = b * block, rows = n0 < whole ? block : N - whole;
         const uint8_t *wb = (const uint8_t *)L->weight + n0 * K / 2;
         for (int64_t k0 = 0; k0 < K; k0 += L->group) {
-            for (int64_t r = 0; r < rows; ++r) {
-                scale[r] = value_at(L->scales, j->bf16, ((k0 / L->group) * N + n0 + r) * 2);
-                zero[r] = value_at(L->scales, j->bf16, ((k0 / L->group) * N + n0 + r) * 2 + 1);
-            }
+            group_scales(L->scales, j->bf16, N, n0, rows, k0 / L->group, 1.f, scale, zero);
             for (int64_t k = k0; k < k0 + L->group; ++k) {
                 int4_column(wb + k * rows / 2, rows, n0 < whole, q);
                 for (int64_t r = 0; r < rows; r += LANES) { /* rows: a multiple of 16 (kernels.int4_shape_error) */

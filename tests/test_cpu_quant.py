@@ -97,7 +97,7 @@ def test_int4_unpacking_reads_the_kernels_layout(unpacking, dtype, monkeypatch):
     native.c unpacks it or tensor operations do (where the native kernels cannot run)."""
     if not kernels.int4_layout_known():
         pytest.skip("this torch build packs int4 differently: the dequant candidate is disabled here")
-    if unpacking == "native" and not (native.available() and kernels.int4_layout() in kernels.NATIVE_INT4_LAYOUTS):
+    if unpacking == "native" and not kernels.native_int4_available():
         pytest.skip("no native int4 kernels here")
     if unpacking != "native":
         monkeypatch.setattr(native, "available", lambda: False)
