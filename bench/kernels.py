@@ -45,7 +45,7 @@ def measure(fmt: str, rounds: int) -> dict[str, Any]:
         flops = 2 * kernels.PROBE_ROWS[regime] * sum(layer.in_features * layer.out_features for layer in sample)
         sample_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in sample)
         rows_out["regimes"][regime] = {
-            "seconds": seconds, "choice": kernels.pick(seconds),
+            "seconds": seconds, "choice": kernels.pick(seconds, regime),
             "gb_per_s": {n: sample_bytes / t / 1e9 for n, t in seconds.items()},
             "gflop_per_s": {n: flops / t / 1e9 for n, t in seconds.items()}}
     return rows_out
@@ -65,11 +65,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = {fmt: measure(fmt, args.rounds) for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]}
     print(f"{info.get('cpu')} ({', '.join(info.get('cpu_flags', []))}), torch {info.get('torch')}, "
           f"{args.threads} threads, load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    print("| format | decode (1 row): GB/s of weights | batch (8 rows): GFLOP/s | prefill (128 rows): GFLOP/s |")
-    print("|---|---|---|---|")
+    from biogpt.kernels import PROBE_ROWS, REGIMES
+
+    print("| format | " + " | ".join(f"{regime} ({PROBE_ROWS[regime]} rows): "
+                                     + ("GB/s of weights" if regime == "decode" else "GFLOP/s") for regime in REGIMES)
+          + " |")
+    print("|---" * (len(REGIMES) + 1) + "|")
     for fmt, result in results.items():
         cells = []
-        for regime in ("decode", "batch", "prefill"):
+        for regime in REGIMES:
             r = result["regimes"][regime]
             values = r["gb_per_s"] if regime == "decode" else r["gflop_per_s"]
             cells.append(", ".join(f"{'**' + n + '**' if n == r['choice'] else n} {v:.1f}"

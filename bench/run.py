@@ -623,7 +623,7 @@ def format_markdown(results: dict) -> str:
     out += ["| " + " | ".join(cells) + " |" for cells in precision_summary(results)]
     out += ["", "| row | decode b1 ours / hf tok/s (x) | decode b8 ours / hf tok/s (x) | prefill 512 ours / hf s (x) "
             "| TTFT ours / hf s | load ours / hf s | load->1st token ours / hf s (x) | peak RSS ours / hf MiB "
-            "| kernels (decode / batch / prefill) |",
+            "| kernels (decode / batch_decode / batch / prefill) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         if not name.startswith("cpu-") and not name.startswith("cuda-"):
@@ -638,7 +638,7 @@ def format_markdown(results: dict) -> str:
 
         def pair(d, spec=".2f"):
             return " / ".join(format(d[k], spec) for k in ("ours", "transformers") if k in d) if d else "-"
-        kernels = "; ".join(f"{fmt}: {'/'.join(plan[r] for r in ('decode', 'batch', 'prefill'))}"
+        kernels = "; ".join(f"{fmt}: {'/'.join(plan.get(r, '-') for r in ('decode', 'batch_decode', 'batch', 'prefill'))}"
                             for fmt, plan in (row.get("kernels") or {}).items())
         out.append(
             f"| {name} | {pair(b1)} ({_fmt(row.get('ratio_decode_b1'))}x) | {pair(b8)} ({_fmt(row.get('ratio_decode_b8'))}x)"

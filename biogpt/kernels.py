@@ -11,7 +11,8 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
   which hold PyTorch's own packed layouts for `torch.ops.aten._weight_int8pack_mm` and
   `_weight_int4pack_mm_for_cpu`.
 - *Regimes* (`regime`): one row (decoding), up to 127 rows (batched decoding, beams, short prompts), 128 rows and
-  more (long prompts).
+  more (long prompts); and `batch_decode`, which decides how the decode steps of a batch run (`NativeDecoder`'s one
+  call, or the module code with the batch regime's kernel), timed at 8 rows.
 - *Candidates* (`CANDIDATES`): for each format and regime, the ways to compute it: always `aten` (exactly what
   transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
   one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout), `native` (our
@@ -31,8 +32,8 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
 `apply_cpu_kernels(model)` swaps the class of the decoder's and output head's float `nn.Linear` layers to
 `CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime; where decoding is
 `native` it also gives the decoder a `NativeDecoder`, which runs all the layers of a decode step (one new token per
-row) in one native call (the probe therefore gives decoding to `native` unless another kernel streams faster by more
-than NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and
+row) in one native call (the probe therefore gives decoding, of one row or of a batch, to `native` unless another
+kernel is faster by more than NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and
 torch.compile tracing always take `F.linear`.
 """
 
@@ -60,24 +61,30 @@ from .settings import CPU_KERNEL_CHOICES, Settings
 
 logger = logging.getLogger(__name__)
 
-REGIMES = ("decode", "batch", "prefill")
-# Rows of the product that each regime is timed at by the probe: a decode step of batch 8 or a short prompt
-# ("batch": 2 to 127 rows), a long prompt ("prefill": 128 rows and more).
-PROBE_ROWS = {"decode": 1, "batch": 16, "prefill": 256}
+# A product's regime follows its rows (`regime`): one ("decode"), 2 to 127 (a short prompt, or a decode step of a
+# batch: "batch"), 128 and more ("prefill"). "batch_decode" is the choice for the decode steps of a batch alone:
+# `NativeDecoder` runs them in one call where it is `native`, else the module code runs them with the batch kernel.
+REGIMES = ("decode", "batch_decode", "batch", "prefill")
+# Rows each regime is timed at by the probe: batch_decode at the batching engine's default 8 rows.
+PROBE_ROWS = {"decode": 1, "batch_decode": 8, "batch": 16, "prefill": 256}
 PREFILL_ROWS = 128
 # A candidate replaces `aten` only when it is at least this much faster (the noise of a short measurement).
 MARGIN = 0.05
-# How much slower than the best its products may measure for `native` to keep decoding: a decode step through
-# `NativeDecoder` (one native call for all layers) took 17-38% less time than the same products called layer by
-# layer from the module code (bench/RESULTS.md, 2026-12-02), so a product-only disadvantage below that still wins.
+# How much slower than the best its products may measure for `native` to keep decoding (one row, or a batch):
+# a decode step through `NativeDecoder` (one native call for all layers) took 17-38% less time than the same
+# products called layer by layer from the module code, and an 8-row step 15-35% less than oneDNN's or ATen's
+# products with PyTorch's attention (bench/RESULTS.md, 2026-12-02 and 12-03), so a product-only disadvantage below
+# that still wins.
 NATIVE_DECODE_ALLOWANCE = 0.25
+DECODE_REGIMES = ("decode", "batch_decode")
 # Formats with fewer bytes of weights than this are not probed (ATen): everything sits in the caches and per-call
 # overhead dominates, so the candidates cannot be told apart (the tiny models of a test suite load in milliseconds).
 PROBE_MIN_BYTES = 4 * 2**20
 # Load average per core above which a probe's measurement counts as disturbed, and below which the machine is quiet.
 BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
 CHOICES = CPU_KERNEL_CHOICES
-CACHE_VERSION = 3  # 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder)
+# 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder); 4: batch_decode
+CACHE_VERSION = 4
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "asimd", "sve", "bf16")
 
@@ -85,6 +92,11 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "a
 def regime(rows: int) -> str:
     """The regime of a product with `rows` rows."""
     return "decode" if rows == 1 else ("batch" if rows < PREFILL_ROWS else "prefill")
+
+
+def decode_regime(rows: int) -> Optional[str]:
+    """The regime whose kernel decides how a decode step of `rows` rows runs (None: too many rows for one call)."""
+    return "decode" if rows == 1 else ("batch_decode" if rows < PREFILL_ROWS else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -439,9 +451,9 @@ CANDIDATES = (
     Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
     Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
     Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(parse_dtype(fmt))),
-    Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, frozenset({"decode", "batch"}),
+    Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, frozenset({"decode", "batch_decode", "batch"}),
               lambda fmt: native.available()),
-    Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch"}),
+    Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch_decode", "batch"}),
               lambda fmt: native_int4_available()),
     Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: True),
@@ -543,7 +555,7 @@ def _probe_module(layer: nn.Module, regime_name: str, name: str) -> nn.Module:
     else:
         stand_in = object.__new__(CpuLinear)
         stand_in.__dict__.update({k: v for k, v in layer.__dict__.items() if k != "_packed"})
-    stand_in.kernels = {**dict.fromkeys(REGIMES, "aten"), regime_name: name}
+    stand_in.kernels = dict.fromkeys(REGIMES, name)  # it only runs at the regime's rows
     return stand_in
 
 
@@ -600,11 +612,11 @@ def _measured_busy(entry: Mapping) -> bool:
 
 
 def pick(timings: Mapping[str, float], regime_name: str) -> str:
-    """The fastest candidate; `aten` unless another is faster by more than MARGIN. In the decode regime `native`
-    wins unless another is faster by more than NATIVE_DECODE_ALLOWANCE: it also runs whole decoder layers in one
-    call (`NativeDecoder`), which saves more than the products it is timed on."""
+    """The fastest candidate; `aten` unless another is faster by more than MARGIN. In the DECODE_REGIMES `native`
+    wins unless another is faster by more than NATIVE_DECODE_ALLOWANCE: it also runs a decode step's whole decoder
+    layers in one call (`NativeDecoder`), which saves more than the products it is timed on."""
     best = min(timings, key=timings.get)
-    if (regime_name == "decode" and "native" in timings
+    if (regime_name in DECODE_REGIMES and "native" in timings
             and timings["native"] <= (1 + NATIVE_DECODE_ALLOWANCE) * timings[best]):
         return "native"
     if "aten" in timings and timings[best] > (1 - MARGIN) * timings["aten"]:
@@ -696,8 +708,8 @@ class NativeDecoder:
 
     Called with (layers, hidden (rows, 1, H), mask (rows, 1, 1, keys) booleans or None, cache), it returns the last
     layer's output, or None for a step it does not compute, which then takes the module code: anything but one new
-    token per row after a `KVCache` with room for it, several rows where the batch regime's products are not
-    `native`, autograd recording, torch.compile tracing, a layer whose decode kernel is not `native`, an activation
+    token per row after a `KVCache` with room for it, several rows where the batch_decode regime is not `native`,
+    autograd recording, torch.compile tracing, a layer whose decode kernel is not `native`, an activation
     other than GELU. The layers' modules, kernels and tensor addresses are read at every call (`_fingerprint`,
     0.3-0.8 ms on two cores), so a model moved, converted or re-quantized after loading is never computed from stale pointers.
     """
@@ -720,7 +732,7 @@ class NativeDecoder:
         keys, values = cache.keys, cache.values
         if any(t.dtype != hidden.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in keys + values):
             return None
-        specs = self._layer_specs(layers, hidden.dtype, regime(rows))
+        specs = self._layer_specs(layers, hidden.dtype, decode_regime(rows))
         if specs is None:
             return None
         attention = layers[0].self_attn
@@ -731,10 +743,10 @@ class NativeDecoder:
                                        attention.scaling)
         return out.view_as(hidden)
 
-    def _layer_specs(self, layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> Optional[object]:
+    def _layer_specs(self, layers: nn.ModuleList, dtype: torch.dtype, regime_name: Optional[str]) -> Optional[object]:
         """The native layer array for this step (rebuilt, and checked in full, when the fingerprint changed), or None
         when these layers cannot run natively in this regime."""
-        if regime_name == "prefill":
+        if regime_name is None:
             return None
         fingerprint = (dtype, _fingerprint(layers, regime_name))
         built = self._built.get(regime_name)
@@ -818,7 +830,7 @@ def apply_cpu_kernels(model: nn.Module, choice: Union[str, bool, None] = None, c
     model.cpu_kernel_plan = plans
     base = getattr(model, "base_model", model)
     if hasattr(base, "native_decoder"):  # a BioGPT decoder: whole layers in one native call where they can be
-        decode_native = any(plan.get("decode") == "native" for plan in plans.values())
+        decode_native = any(plan.get(r) == "native" for plan in plans.values() for r in DECODE_REGIMES)
         base.native_decoder = NativeDecoder() if decode_native else None
     # Decode steps of bf16, int8 and int4 weights ran 6-18% faster from huge pages; float32 ones gained nothing
     # measurable, and copying 1.4 GB (out of a memory-mapped checkpoint) cost 1.7 s of loading and its peak memory.

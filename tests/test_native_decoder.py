@@ -117,7 +117,7 @@ def _decode_padded(model, steps, fused=True):
 def test_a_padded_batch_gives_the_module_codes_logits_and_cache(checkpoint, dtype, config):
     """Three sequences of different lengths, left-padded: every row attends only its own tokens."""
     model = _load(checkpoint, dtype, config)
-    assert {plan["batch"] for plan in model.cpu_kernel_plan.values()} == {"native"}
+    assert {plan["batch_decode"] for plan in model.cpu_kernel_plan.values()} == {"native"}
     fused, fused_cache = _decode_padded(model, 12)
     modules, module_cache = _decode_padded(model, 12, fused=False)
     tolerance = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype]
@@ -127,14 +127,17 @@ def test_a_padded_batch_gives_the_module_codes_logits_and_cache(checkpoint, dtyp
         assert (mine.float() - theirs.float()).abs().max() <= tolerance * 8 * theirs.float().abs().max()
 
 
-def test_the_native_step_is_used_and_replaces_the_layer_loop(checkpoint, monkeypatch):
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_native_step_is_used_and_replaces_the_layer_loop(checkpoint, monkeypatch, rows):
     model = _load(checkpoint, torch.bfloat16, None)
+    for _, module in kernels.cpu_linears(model):  # a batch's decode steps follow batch_decode, not the prompts' kernel
+        module.kernels = {**module.kernels, "batch": "aten"}
     for layer in model.biogpt.layers:
         monkeypatch.setattr(layer, "forward", lambda *a, **k: pytest.fail("a decode step ran the module code"))
     with torch.inference_mode():
-        cache = KVCache.for_model(model, 1, 4)
+        cache = KVCache.for_model(model, rows, 4)
         cache.length = 1  # one earlier token (zeros in the cache): this is a decode step, not a prompt
-        model(torch.tensor([[5]]), past_key_values=cache)
+        model(torch.tensor([[5]] * rows), past_key_values=cache)
     assert cache.length == 2
 
 
@@ -143,13 +146,13 @@ def _step(model, cache, token=7):
         return model(torch.tensor([[token]] * cache.batch_size), past_key_values=cache).logits[:, -1].float()
 
 
-@pytest.mark.parametrize("case", ["batch of two, products not native", "autograd", "cache full", "static cache slot",
-                                  "aten kernels"])
+@pytest.mark.parametrize("case", ["batch of two, batch_decode not native", "autograd", "cache full",
+                                  "static cache slot", "aten kernels"])
 def test_steps_it_does_not_compute_take_the_module_code(checkpoint, case, monkeypatch):
     model = _load(checkpoint, torch.float32, None, "aten" if case == "aten kernels" else "native")
-    if case.startswith("batch"):  # the probe gave several-row products to another kernel
+    if case.startswith("batch"):  # the probe gave a batch's decode steps to another kernel
         for _, module in kernels.cpu_linears(model):
-            module.kernels = {**module.kernels, "batch": "aten"}
+            module.kernels = {**module.kernels, "batch_decode": "aten"}
     calls = []
     if model.biogpt.native_decoder is not None:
         original = model.biogpt.native_decoder
@@ -211,10 +214,13 @@ def test_it_is_set_only_where_the_decode_products_are_native(checkpoint):
 
 def test_the_probe_gives_decoding_to_native_unless_another_kernel_is_much_faster():
     close = {"aten": 1.0, "onednn": 0.50, "native": 0.50 * (1 + kernels.NATIVE_DECODE_ALLOWANCE) - 0.01}
-    assert kernels.pick(close, "decode") == "native"  # it also fuses the layers, which the probe does not time
-    assert kernels.pick(close, "batch") == "onednn"
+    # it also fuses the layers of a decode step, of one row or of a batch, which the probe does not time
+    assert kernels.pick(close, "decode") == "native"
+    assert kernels.pick(close, "batch_decode") == "native"
+    assert kernels.pick(close, "batch") == "onednn"  # prompts run layer by layer: products only
     far = {"aten": 1.0, "onednn": 0.50, "native": 0.50 * (1 + kernels.NATIVE_DECODE_ALLOWANCE) + 0.01}
     assert kernels.pick(far, "decode") == "onednn"
+    assert kernels.pick(far, "batch_decode") == "onednn"
 
 
 def _mapping_flags(address: int) -> list[str]:
