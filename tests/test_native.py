@@ -44,9 +44,10 @@ def _bound(x: torch.Tensor, weight: torch.Tensor, exact: torch.Tensor, dtype: to
     return accumulate + output + 1e-6
 
 
-# Sizes that exercise every path: one row and several (the chunks of four), output rows not a multiple of the
-# block of four, input columns not a multiple of the vector width (the scalar tail).
-SHAPES = [(1, 13, 70), (1, 64, 256), (3, 9, 37), (5, 16, 128), (8, 33, 1000)]
+# Sizes that exercise every path: one row and several (the chunks of four; multiples of eight in blocks of three
+# output rows), output rows not a multiple of the block, input columns not a multiple of the vector width (the
+# scalar tail).
+SHAPES = [(1, 13, 70), (1, 64, 256), (3, 9, 37), (5, 16, 128), (8, 33, 1000), (16, 20, 100)]
 
 
 @needs_native
