@@ -151,15 +151,20 @@ typedef struct {
 
 #define ROWS 4   /* output rows per block: four independent accumulators hide the FMA latency, x is loaded once */
 #define MCHUNK 4 /* input rows per pass over a block (4 x 4 accumulators + 4 weights fit the vector registers) */
-/* For a multiple of 8 rows of x (a full batch of the batching engine's decode steps): blocks of 3 weight rows, 8
-   rows of x per pass (3 x 8 accumulators + 3 weights fit 32 vector registers), so each weight is loaded, and an int8
-   one converted, once for 8 rows instead of twice. 8 rows: float32 products 25% faster, int8 20%, bf16 even; 4
-   rows: slower than 4 x 4. Other row counts keep 4 x 4 (a shape per remainder would triple the compile time). */
+/* With AVX-512, for a multiple of 8 rows of x (a full batch of the batching engine's decode steps): blocks of 3
+   weight rows, 8 rows of x per pass (3 x 8 accumulators + 3 weights fit the 32 vector registers), so each weight is
+   loaded, and an int8 one converted, once for 8 rows instead of twice. 8 rows: float32 products 25% faster, int8
+   20%, bf16 even; 4 rows: slower than 4 x 4. Other row counts keep 4 x 4 (a shape per remainder would triple the
+   compile time), and so does AVX2 (16 registers: the same blocks spilled, 8-row float32 products 1.8x slower). */
 #define WIDE_ROWS 3
 #define WIDE_MCHUNK 8
 
 /* Output rows per block for M rows of x. */
+#if defined(__AVX512F__)
 static inline int block_rows(int64_t M) { return M % WIDE_MCHUNK == 0 ? WIDE_ROWS : ROWS; }
+#else
+static inline int block_rows(int64_t M) { (void)M; return ROWS; }
+#endif
 
 /* The products come in two flavours from the same macros: float32 x (weights widened to float32, one FMA per
    weight and row), and, on CPUs with AVX-512 BF16 and for bfloat16 activations, bfloat16 x (weights as bfloat16
