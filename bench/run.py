@@ -614,6 +614,8 @@ def format_table(results: dict) -> str:
 
 def format_markdown(results: dict) -> str:
     """A dated section for bench/RESULTS.md."""
+    from biogpt.kernels import REGIMES
+
     out = [f"## {results['date'][:10]} - {results['shape']} shape ({results['parameters'] / 1e6:.0f}M params), "
            f"random weights", "", _header(results), "",
            "Batch-1 greedy decode after a 16-token prompt (tok/s; transformers runs bf16 in the int8/int4 rows, "
@@ -623,7 +625,7 @@ def format_markdown(results: dict) -> str:
     out += ["| " + " | ".join(cells) + " |" for cells in precision_summary(results)]
     out += ["", "| row | decode b1 ours / hf tok/s (x) | decode b8 ours / hf tok/s (x) | prefill 512 ours / hf s (x) "
             "| TTFT ours / hf s | load ours / hf s | load->1st token ours / hf s (x) | peak RSS ours / hf MiB "
-            "| kernels (decode / batch_decode / batch / prefill) |",
+            f"| kernels ({' / '.join(REGIMES)}) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         if not name.startswith("cpu-") and not name.startswith("cuda-"):
@@ -638,7 +640,7 @@ def format_markdown(results: dict) -> str:
 
         def pair(d, spec=".2f"):
             return " / ".join(format(d[k], spec) for k in ("ours", "transformers") if k in d) if d else "-"
-        kernels = "; ".join(f"{fmt}: {'/'.join(plan.get(r, '-') for r in ('decode', 'batch_decode', 'batch', 'prefill'))}"
+        kernels = "; ".join(f"{fmt}: {'/'.join(plan.get(r, '-') for r in REGIMES)}"  # '-': a file from before a regime
                             for fmt, plan in (row.get("kernels") or {}).items())
         out.append(
             f"| {name} | {pair(b1)} ({_fmt(row.get('ratio_decode_b1'))}x) | {pair(b8)} ({_fmt(row.get('ratio_decode_b8'))}x)"

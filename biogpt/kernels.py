@@ -33,8 +33,8 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
 `CpuLinear` (same parameters, same state_dict) and gives every CPU linear its kernel per regime; where decoding is
 `native` it also gives the decoder a `NativeDecoder`, which runs all the layers of a decode step (one new token per
 row) in one native call (the probe therefore gives decoding, of one row or of a batch, to `native` unless another
-kernel is faster by more than NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other devices, other dtypes and
-torch.compile tracing always take `F.linear`.
+kernel is faster by more than NATIVE_DECODE_ALLOWANCE); `remove_cpu_kernels(model)` undoes it. Gradients, other
+devices, other dtypes and torch.compile tracing always take `F.linear`.
 """
 
 from __future__ import annotations

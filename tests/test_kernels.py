@@ -132,7 +132,8 @@ def test_forced_choices_skip_the_probe(tmp_path, monkeypatch):
         "float32": dict.fromkeys(kernels.REGIMES, "aten")}
     assert _classes(model) == {nn.Linear} and not cache.exists()
     plan = kernels.apply_cpu_kernels(model, "gemv", cache_file=cache, measure=_never)
-    assert plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}  # gemv only has one row
+    # gemv only has one row
+    assert plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}
     assert _classes(model) == {kernels.CpuLinear}
     kernels.remove_cpu_kernels(model)
     assert _classes(model) == {nn.Linear}
@@ -160,7 +161,8 @@ def test_from_pretrained_applies_the_setting(tmp_path, monkeypatch):
     _tiny().save_pretrained(tmp_path / "m")
     monkeypatch.setenv("BIOGPT_CPU_KERNELS", "gemv")
     model = BioGptForCausalLM.from_pretrained(tmp_path / "m")
-    assert model.cpu_kernel_plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}
+    assert model.cpu_kernel_plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten",
+                                                 "prefill": "aten"}}
     plain = BioGptForCausalLM.from_pretrained(tmp_path / "m", cpu_kernels=False)
     assert _classes(plain) == {nn.Linear}
 
