@@ -142,19 +142,25 @@ PATH_NEEDS = {"avx512-bf16-vbmi": ("avx512_bf16", "avx512vbmi"), "avx512-bf16": 
               "avx2": ("avx2",), "portable": ()}
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_every_code_path_computes_the_same_products(path, tmp_path):
+def build_path(path: str, folder) -> ctypes.CDLL:
+    """native.c built for one of PATHS into `folder`, loaded and self-tested (skips where this CPU cannot run it)."""
     missing = [flag for flag in PATH_NEEDS[path] if flag not in cpu_identity()[1]]
     if missing:
         pytest.skip(f"this CPU has no {', '.join(missing)}")
     compiler = next((p for p in map(shutil.which, native.COMPILERS) if p), None)
     if compiler is None:
         pytest.skip("no C compiler here")
-    target = tmp_path / f"{path}.so"
+    target = folder / f"{path}.so"
     assert native._compile(compiler, target, ("-O3", "-fopenmp", "-shared", "-fPIC", *PATHS[path])) is None
     library = ctypes.CDLL(str(target))
     native._declare(library)
     assert native._self_test(library) is None
+    return library
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_every_code_path_computes_the_same_products(path, tmp_path):
+    library = build_path(path, tmp_path)
     generator = torch.Generator().manual_seed(3)
     for rows, out_features, in_features in SHAPES:
         x = torch.randn(rows, in_features, generator=generator).bfloat16()

@@ -13,6 +13,7 @@ import torch
 from biogpt import BioGptConfig, BioGptForCausalLM, devices, kernels, native
 from biogpt.cache import KVCache, StaticKVCache
 from biogpt.quantization import TorchAoConfig
+from test_native import PATHS, build_path
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +97,47 @@ def test_decode_steps_give_the_module_codes_logits_and_cache(checkpoint, dtype, 
     assert fused_cache.length == module_cache.length == PROMPT.shape[1] + 24
     for mine, theirs in zip(fused_cache.keys + fused_cache.values, module_cache.keys + module_cache.values):
         assert (mine.float() - theirs.float()).abs().max() <= tolerance * 8 * theirs.float().abs().max()
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoint(tmp_path_factory):
+    """Sizes off every vector width: 72 columns (LayerNorms and residuals end in a partial vector), head_dim 18 (the
+    attention's dot products too), 204 inner rows (GELU: 12 outputs past the last whole 16, 4 past the last 8)."""
+    torch.manual_seed(1)
+    config = BioGptConfig(vocab_size=96, hidden_size=72, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=204, max_position_embeddings=128)
+    model = BioGptForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger pre-GELU values than the initialization's, so its whole curve is exercised
+        for layer in model.biogpt.layers:
+            layer.fc1.weight.mul_(8)
+    path = tmp_path_factory.mktemp("native-decoder-odd") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def path_libraries(tmp_path_factory):
+    """native.c built for a code path of test_native.PATHS, once per path for this module's tests."""
+    built = {}
+    folder = tmp_path_factory.mktemp("native-paths")
+    return lambda path: built[path] if path in built else built.setdefault(path, build_path(path, folder))
+
+
+@pytest.mark.parametrize("path", [None, *sorted(PATHS)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sizes_off_the_vector_width_give_the_module_codes_logits(odd_checkpoint, dtype, path, monkeypatch,
+                                                                 path_libraries):
+    if path is not None:  # the layers (GELU, softmax, LayerNorm, bf16 rounding) as each code path computes them
+        library = path_libraries(path)
+        monkeypatch.setattr(native, "_library", lambda: (library, None))
+    model = _load(odd_checkpoint, dtype, None)
+    assert isinstance(model.biogpt.native_decoder, kernels.NativeDecoder)
+    prompt = PROMPT[:, :5]  # 5 + 21 keys: the softmax's exponentials in one whole vector and a partial one
+    fused, _ = _decode(model, prompt, 21)
+    modules, _ = _decode(model, prompt, 21, fused=False)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype]
+    assert (fused - modules).abs().max() <= tolerance * modules.abs().max()
+    assert torch.equal(fused.argmax(-1), modules.argmax(-1))
 
 
 def _decode_padded(model, steps, fused=True):
