@@ -271,6 +271,30 @@ def test_streaming_decodes_the_prompt_once_per_request(model, tokenizer, monkeyp
     deltas = list(stream_generate(model, tokenizer, input_ids=prompt, max_new_tokens=8, min_new_tokens=8))
     monkeypatch.undo()
     assert len(deltas) == 8
-    assert len(calls) == 1 + len(deltas)  # the prompt alone once, then one decode per token (it was two)
+    # the prompt alone once, then at most one decode per token (it was two); none where no text became stable
+    assert 1 < len(calls) <= 1 + len(deltas)
     assert "".join(d.text for d in deltas) == continuation_text(tokenizer, prompt[0].tolist(),
                                                                 [t for d in deltas for t in d.token_ids])
+
+
+def test_a_token_that_leaves_the_stable_text_unchanged_costs_no_decode(tokenizer, monkeypatch):
+    """Pieces inside a word, and the word held back after them, change no emitted text: nothing is decoded for
+    them; the first push that makes text stable decodes once and emits it."""
+    from biogpt.generation.streaming import DeltaStreamer
+
+    pieces = tokenizer("Ibuprofenxyzqu is zz")["input_ids"][1:]  # I bu prof en xy z q u</w> is</w> z z</w>
+    assert tokenizer.convert_ids_to_tokens(pieces)[7:] == ["u</w>", "is</w>", "z", "z</w>"]
+    streamer = DeltaStreamer(tokenizer, [2, 25254])  # "Aspirin"
+    calls = []
+    original = type(tokenizer).decode
+    monkeypatch.setattr(type(tokenizer), "decode", lambda self, ids, *a, **k: calls.append(len(ids)) or original(
+        self, ids, *a, **k))
+    texts = []
+    for count, token in enumerate(pieces, 1):
+        texts.append(streamer.push(token, 0.5).text)
+        # decodes only where a word became stable: "is" made "Ibuprofenxyzqu" stable, "z</w>" made "is" stable
+        assert len(calls) == (0 if count <= 8 else 1 if count <= 10 else 2), count
+    texts.append(streamer.finish("cancelled").text)
+    monkeypatch.undo()
+    assert texts == [""] * 8 + [" Ibuprofenxyzqu", "", " is", " zz"]
+    assert "".join(texts) == continuation_text(tokenizer, [2, 25254], pieces)

@@ -103,6 +103,7 @@ class DeltaStreamer:
         self.prompt_truncated = prompt_truncated
         self.generated: list[int] = []
         self.emitted = ""  # text yielded so far, always a prefix of the final continuation
+        self.stable_end = 0  # generated tokens whose text the last push decoded (_stable_prefix_end)
         self.finished = False
 
     def text(self, generated: Optional[list[int]] = None) -> str:
@@ -128,9 +129,13 @@ class DeltaStreamer:
                 return self._end(text[len(self.emitted):end], [token_id], [prob], "stop_string")
         if reason is not None:
             return self._end(self.text()[len(self.emitted):], [token_id], [prob], reason)
-        stable = self.text(self.generated[:_stable_prefix_end(self.tokenizer, self.generated)])
-        new_text = stable[len(self.emitted):] if stable.startswith(self.emitted) else ""
-        self.emitted += new_text
+        end = _stable_prefix_end(self.tokenizer, self.generated)
+        new_text = ""
+        if end != self.stable_end:  # else the same tokens, the same text, emitted already: no decode
+            self.stable_end = end
+            stable = self.text(self.generated[:end])
+            new_text = stable[len(self.emitted):] if stable.startswith(self.emitted) else ""
+            self.emitted += new_text
         return StreamDelta(new_text, [token_id], [prob], False, None, self.prompt_truncated)
 
     def finish(self, reason: str) -> StreamDelta:
