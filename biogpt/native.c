@@ -784,6 +784,37 @@ int biogpt_int4_dequantize_t(const Linear *L, void *out, int bf16, int threads) 
     return 0;
 }
 
+static void int8_dequantize_job(void *arg, Team *team, int ith) {
+    const DequantizeJob *j = (const DequantizeJob *)arg;
+    const Linear *L = j->L;
+    const int64_t K = L->K;
+    int64_t begin, end;
+    share(L->N, team, ith, &begin, &end);
+    for (int64_t n = begin; n < end; ++n) {
+        const int8_t *w = (const int8_t *)L->weight + n * K;
+        const float scale = value_at(L->scales, j->bf16, n);
+        const vec scale_v = vset(scale);
+        int64_t k = 0;
+        for (; k + LANES <= K; k += LANES) {
+            const vec v = vmul(vload_i8(w + k), scale_v);
+            if (j->bf16) vstore_bf16((uint16_t *)j->out + n * K + k, v);
+            else vstore((float *)j->out + n * K + k, v);
+        }
+        for (; k < K; ++k) store_at(j->out, j->bf16, n * K + k, (float)w[k] * scale);
+    }
+}
+
+/* The weight W (N, K) of an int8 Linear in the compute dtype: out[n * K + k] = q * scale[n], one product rounded
+   once (what PyTorch's weight * scales[:, None] computes). What the `dequant` kernel of a long prompt multiplies
+   with: 4096 x 1024 on two cores in ~0.5 ms, where PyTorch's mixed-dtype product took 6 ms (half as long as the
+   512-row product that follows it). Returns 0, or 2 for a Linear it cannot read. */
+int biogpt_int8_dequantize(const Linear *L, void *out, int bf16, int threads) {
+    if (check_linear(L) || L->kind != KIND_I8) return 2;
+    DequantizeJob job = {L, out, bf16};
+    run_parallel(int8_dequantize_job, &job, threads);
+    return 0;
+}
+
 /* One decoder layer's weights (native.py's `_Layer`), in the order of the module code. */
 typedef struct {
     const void *ln1_weight, *ln1_bias; /* self_attn_layer_norm */

@@ -141,6 +141,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.biogpt_decode_layers.restype = ctypes.c_int
     library.biogpt_int4_dequantize_t.argtypes = [ctypes.POINTER(_Linear), pointer, ctypes.c_int, ctypes.c_int]
     library.biogpt_int4_dequantize_t.restype = ctypes.c_int
+    library.biogpt_int8_dequantize.argtypes = [ctypes.POINTER(_Linear), pointer, ctypes.c_int, ctypes.c_int]
+    library.biogpt_int8_dequantize.restype = ctypes.c_int
 
 
 def _self_test(library: ctypes.CDLL) -> Optional[str]:
@@ -266,6 +268,20 @@ def int4_dequantized_t(packed: torch.Tensor, scales_and_zeros: torch.Tensor, in_
     """The transposed weight W^T (in_features, N) of `int4_linear`'s arguments in the dtype of `scales_and_zeros`:
     (q - 8) * scale + zero, computed in float32 and rounded once."""
     return _int4_dequantized_t(_library()[0], packed, scales_and_zeros, in_features, group_size, block_rows)
+
+
+def _int8_dequantized(library: ctypes.CDLL, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(weight.shape, dtype=scales.dtype)
+    _check(library.biogpt_int8_dequantize(ctypes.byref(int8_spec(weight, scales, None)), out.data_ptr(),
+                                          int(out.dtype == torch.bfloat16), torch.get_num_threads()),
+           "int8 dequantization")
+    return out
+
+
+def int8_dequantized(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """weight (N, K) int8 * scales (N,) in the dtype of `scales` (float32 or bfloat16), each value one product
+    rounded once; both contiguous on the CPU."""
+    return _int8_dequantized(_library()[0], weight, scales)
 
 
 def layer_spec(ln1_weight: torch.Tensor, ln1_bias: torch.Tensor, attention: list[_Linear], ln2_weight: torch.Tensor,

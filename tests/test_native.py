@@ -170,6 +170,9 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
         got = native._int8(library, x, weight, scales, None).double()
         bound = _bound(x.double(), weight.double() * scales.double()[:, None], exact, torch.bfloat16)
         assert bool(((got - exact).abs() <= bound).all()), (path, rows, out_features, in_features)
+        for dtype in (torch.float32, torch.bfloat16):  # the dequant kernel's W: each q * scale rounded once
+            dtype_scales = scales.to(dtype)
+            assert torch.equal(native._int8_dequantized(library, weight, dtype_scales), weight * dtype_scales[:, None])
         got16 = native._dense(library, x, weight.bfloat16(), None).double()
         exact16 = x.double() @ weight.double().t()
         assert bool(((got16 - exact16).abs() <= _bound(x.double(), weight.double(), exact16, torch.bfloat16)).all())
