@@ -13,7 +13,7 @@ import torch
 from biogpt import BioGptConfig, BioGptForCausalLM, devices, kernels, native
 from biogpt.cache import KVCache, StaticKVCache
 from biogpt.quantization import TorchAoConfig
-from test_native import PATHS, build_path
+from native_paths import PATHS, build_path
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +117,7 @@ def odd_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def path_libraries(tmp_path_factory):
-    """native.c built for a code path of test_native.PATHS, once per path for this module's tests."""
+    """native.c built for a code path of native_paths.PATHS, once per path for this module's tests."""
     built = {}
     folder = tmp_path_factory.mktemp("native-paths")
     return lambda path: built[path] if path in built else built.setdefault(path, build_path(path, folder))
