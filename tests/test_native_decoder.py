@@ -231,6 +231,44 @@ def test_a_model_converted_after_loading_is_computed_from_its_new_weights(checkp
     torch.testing.assert_close(fused, modules, rtol=1e-5, atol=1e-5)
 
 
+def _swap_data(layer):
+    layer.fc2.weight.data = -layer.fc2.weight.data
+
+
+def _new_parameter(layer):
+    layer.fc2.weight = torch.nn.Parameter(-layer.fc2.weight.detach(), requires_grad=False)
+
+
+def _new_module(layer):
+    replacement = copy.deepcopy(layer.fc2)
+    with torch.no_grad():
+        replacement.weight.mul_(-1)
+    layer.fc2 = replacement
+
+
+def _new_layer(model):
+    replacement = copy.deepcopy(model.biogpt.layers[1])
+    with torch.no_grad():
+        replacement.fc2.weight.mul_(-1)
+    model.biogpt.layers[1] = replacement
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda model: _swap_data(model.biogpt.layers[1]), id="weight.data swapped"),
+    pytest.param(lambda model: _new_parameter(model.biogpt.layers[1]), id="parameter replaced"),
+    pytest.param(lambda model: _new_module(model.biogpt.layers[1]), id="linear replaced"),
+    pytest.param(_new_layer, id="decoder layer replaced")])
+def test_weights_changed_after_a_step_are_the_ones_the_next_step_reads(checkpoint, change):
+    """Between two decodes the array built for the first must not be reused for what replaced its tensors."""
+    model = _load(checkpoint, torch.float32, None)
+    before, _ = _decode(model, PROMPT, 3)
+    change(model)
+    mine, _ = _decode(model, PROMPT, 3)
+    expected, _ = _decode(model, PROMPT, 3, fused=False)
+    torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(mine, before, atol=1e-3)  # the change mattered
+
+
 def test_a_deep_copy_computes_with_its_own_weights(checkpoint):
     model = _load(checkpoint, torch.float32, None)
     _decode(model, PROMPT, 2)
