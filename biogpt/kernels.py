@@ -17,8 +17,9 @@ fp32 `F.linear`, and a bf16 matrix-vector product (`torch.mv`) beats bf16 `F.lin
   transformers runs: `F.linear`, or the ATen weight-only kernel), plus where they apply `gemv` (`torch.mv` on the
   one row), `onednn` (oneDNN's inner product; bf16 weights reordered once into its blocked layout), `native` (our
   own products of float32, bf16, int8 and int4 weights with a few rows, `biogpt/native.c`, compiled here at first
-  use: see `native.py`) and `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays
-  off only over many rows).
+  use: see `native.py`), `dequant` (int8/int4 weights expanded to the compute dtype, then one dense product: pays
+  off only over many rows) and `tiles` (many rows, bf16 compute, AVX-512 BF16: our own blocked product that expands
+  int8/int4 weights a panel at a time in the cache, so they are read from memory once in their own format).
 - *The probe* (`probe`): times every candidate on the model's own weight matrices (so the working set is the real
   one, not cache-resident toys), alternating them, best of a few rounds, and picks the fastest; `aten` keeps the
   job unless another candidate beats it by `MARGIN`, so a choice is never slower than the plain path by more than
@@ -84,8 +85,9 @@ PROBE_MIN_BYTES = 4 * 2**20
 # Load average per core above which a probe's measurement counts as disturbed, and below which the machine is quiet.
 BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
 CHOICES = CPU_KERNEL_CHOICES
-# 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder); 4: batch_decode
-CACHE_VERSION = 4
+# 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder); 4: batch_decode;
+# 5: the `tiles` candidate
+CACHE_VERSION = 5
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "asimd", "sve", "bf16")
 
@@ -191,6 +193,10 @@ class _QuantizedLinear(nn.Module):
         kernel = "aten" if torch.compiler.is_compiling() else self.kernels[regime(rows.shape[0])]
         if kernel == "native":
             out = self.native_product(rows)  # bias added in the kernel
+        elif rows.shape[0] > 1 and kernel == "tiles":
+            out = native.tiles_linear(rows, _native_spec(self))  # bias added in the kernel
+            if out is None:  # not for this layer (an int4 tail block, odd K): the expanded weight
+                out = self.dense_product(rows)
         elif rows.shape[0] > 1 and kernel == "dequant":
             out = self.dense_product(rows)
         else:
@@ -463,6 +469,9 @@ CANDIDATES = (
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: int4_layout_known()),
+    Candidate("tiles", frozenset({"int8-bfloat16"}), frozenset({"batch", "prefill"}), lambda fmt: native.tiles_available()),
+    Candidate("tiles", frozenset({"int4-bfloat16"}), frozenset({"batch", "prefill"}),
+              lambda fmt: native.tiles_available() and native_int4_available()),
 )
 
 

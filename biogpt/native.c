@@ -815,6 +815,185 @@ int biogpt_int8_dequantize(const Linear *L, void *out, int bf16, int threads) {
     return 0;
 }
 
+/* ---- Long prompts with low-bit weights: a blocked product over weight panels expanded in the cache ------------ */
+/* `biogpt_tiles_linear`: y (M, N) = x (M, K) @ W^T + bias, all bfloat16, for int8 and int4 weights. A long prompt's
+   products are bound by arithmetic, not memory; expanding the whole weight to bfloat16 first (the `dequant` kernel)
+   writes and reads it back through memory, and oneDNN then reorders it into its own blocked layout (1 ms of a 10 ms
+   512 x 4096 x 1024 product on two cores). Here each thread expands a panel of the weight's columns, already in the
+   layout of the VDPBF16PS product (K / 2 pairs of 32 columns), into a buffer that stays in its L2 cache, and
+   multiplies every row of x with it: the weight is read from memory once, in its own format. int8 values are exact
+   in bfloat16 and their row scale multiplies the sums (as in the decode products); int4 ones are expanded as the
+   dequant kernel does it ((q - 8) * scale + zero rounded once). */
+#if HAVE_PAIRS
+#define TILE_ROWS 14          /* rows of x per tile: 14 x 2 accumulators + 2 weight vectors + x: 31 of 32 registers */
+#define PANEL_BYTES (512 << 10) /* an expanded panel (a thread's L2 holds it beside the rows of x it multiplies) */
+
+typedef struct {
+    const Linear *L;
+    const uint16_t *x;
+    uint16_t *y;
+    int64_t M, panel;   /* panel: columns per panel, a multiple of 32 */
+    uint32_t *xp;       /* x as pairs, TILE_ROWS rows interleaved: [M / TILE_ROWS][K / 2][TILE_ROWS] */
+    uint32_t *buffers;  /* per thread: a panel [panel / 32][K / 2][32] pairs */
+} TilesJob;
+
+/* A 16 x 16 transpose of 32-bit elements: r[i] element j -> r[j] element i (unpacks within 128-bit lanes, then a
+   4 x 4 transpose of the lanes). */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* r[i + e], lane L: rows i .. i + 3, element 4 L + e */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int e = 0; e < 4; ++e) {
+        const __m512i p0 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), p1 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xee);
+        const __m512i p2 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44);
+        const __m512i p3 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xee);
+        t[e] = _mm512_shuffle_i32x4(p0, p2, 0x88);      /* element e */
+        t[4 + e] = _mm512_shuffle_i32x4(p0, p2, 0xdd);  /* element 4 + e */
+        t[8 + e] = _mm512_shuffle_i32x4(p1, p3, 0x88);
+        t[12 + e] = _mm512_shuffle_i32x4(p1, p3, 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/* Columns n0 .. n0 + 15 of the panel (zeros past N) as pairs: out[kp * 32 + i] = (q[n0 + i][2 kp], q[n0 + i][2 kp + 1]),
+   16 rows x 32 columns at a time through the registers. The int8 values themselves (exact in bfloat16): the scale
+   multiplies the sums, as in the decode products. */
+static void tile_columns_i8(const Linear *L, int64_t n0, uint32_t *out) {
+    const int64_t N = L->N, K = L->K, valid = N - n0 < 16 ? N - n0 : 16;
+    const int8_t *w = (const int8_t *)L->weight + n0 * K;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+            r[i] = i < valid ? (__m512i)_mm512_cvtne2ps_pbh(vload_i8(w + i * K + k + 16), vload_i8(w + i * K + k))
+                             : _mm512_setzero_si512();
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(out + (k / 2 + j) * 32, r[j]);
+    }
+    for (; k < K; k += 2) /* the last K % 32 columns */
+        for (int i = 0; i < 16; ++i) {
+            const int8_t *row = w + (i < valid ? i : 0) * K;
+            out[(k / 2) * 32 + i] = i < valid ? (uint32_t)bf16_round(row[k]) | (uint32_t)bf16_round(row[k + 1]) << 16 : 0;
+        }
+}
+
+/* The same for int4 weights in a split block layout (int4_dequantize_job): a column of a block is contiguous, so the
+   pairs come straight from two columns, (q - 8) * scale + zero rounded once. Needs N a multiple of the block. */
+static void tile_columns_i4(const Linear *L, int64_t n0, uint32_t *out) {
+    const int64_t N = L->N, K = L->K, block = L->block, half = block / 2, group = L->group;
+    const int64_t b0 = n0 - n0 % block, r = n0 - b0; /* the block, and the first of its rows */
+    const uint8_t *w = (const uint8_t *)L->weight + b0 * K / 2 + (r < half ? r : r - half);
+    float scale[16], zero[16];
+    for (int64_t g = 0; g < K / group; ++g) {
+        group_scales(L->scales, 1, N, n0, 16, g, 1.f, scale, zero);
+        const vec s = vload(scale), z = vload(zero);
+        for (int64_t k = g * group; k < (g + 1) * group; k += 2) {
+            const vec a = vfma(r < half ? vnib_lo(w + k * half) : vnib_hi(w + k * half), s, z);
+            const vec b = vfma(r < half ? vnib_lo(w + (k + 1) * half) : vnib_hi(w + (k + 1) * half), s, z);
+            const __m512i pair = _mm512_or_si512(_mm512_srli_epi32(vbf16_bits(a), 16),
+                                                 _mm512_and_si512(vbf16_bits(b), _mm512_set1_epi32((int)0xffff0000)));
+            _mm512_storeu_si512(out + (k / 2) * 32, pair);
+        }
+    }
+}
+
+/* Up to 16 bfloat16 values as float32 (zeros where `keep` is not set). */
+static inline __m512 bf16_lanes(__mmask16 keep, const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, p)), 16));
+}
+
+/* Rows m0 .. m0 + rows - 1 (rows <= TILE_ROWS) times 32 expanded columns (`b`: [K / 2][32] pairs) -> y. */
+static inline void tile(const uint32_t *xp, int64_t K, int rows, const uint32_t *b, const Linear *L, int64_t n0,
+                        uint16_t *y) {
+    __m512 acc[TILE_ROWS][2];
+#pragma GCC unroll 14
+    for (int r = 0; r < TILE_ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t kp = 0; kp < K / 2; ++kp) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(b + kp * 32), w1 = (__m512bh)_mm512_loadu_si512(b + kp * 32 + 16);
+#pragma GCC unroll 14
+        for (int r = 0; r < TILE_ROWS; ++r) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[kp * TILE_ROWS + r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, w1);
+        }
+    }
+    const int64_t N = L->N;
+    for (int c = 0; c < 2; ++c) {
+        const int64_t n = n0 + c * 16;
+        if (n >= N) break;
+        const __mmask16 keep = N - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (N - n)) - 1);
+        const __m512 bias = L->bias ? bf16_lanes(keep, (const uint16_t *)L->bias + n) : _mm512_setzero_ps();
+        const __m512 scale = L->kind == KIND_I8 ? bf16_lanes(keep, (const uint16_t *)L->scales + n) : _mm512_set1_ps(1.f);
+        for (int r = 0; r < rows; ++r) {
+            const __m512i bits = _mm512_srli_epi32(vbf16_bits(_mm512_fmadd_ps(acc[r][c], scale, bias)), 16);
+            _mm256_mask_storeu_epi16(y + r * N + n, keep, _mm512_cvtepi32_epi16(bits));
+        }
+    }
+}
+
+static void tiles_job(void *arg, Team *team, int ith) {
+    const TilesJob *j = (const TilesJob *)arg;
+    const Linear *L = j->L;
+    const int64_t M = j->M, N = L->N, K = L->K, KP = K / 2, tiles = (M + TILE_ROWS - 1) / TILE_ROWS;
+    int64_t begin, end;
+    share(tiles, team, ith, &begin, &end);
+    for (int64_t t = begin; t < end; ++t) /* x as pairs, a tile's rows interleaved (the last row repeated past M) */
+        for (int r = 0; r < TILE_ROWS; ++r) {
+            const int64_t m = t * TILE_ROWS + r < M ? t * TILE_ROWS + r : M - 1;
+            const uint32_t *row = (const uint32_t *)(j->x + m * K);
+            uint32_t *out = j->xp + t * KP * TILE_ROWS + r;
+            for (int64_t kp = 0; kp < KP; ++kp) out[kp * TILE_ROWS] = row[kp];
+        }
+    barrier(team);
+    uint32_t *panel = j->buffers + ith * j->panel * KP;
+    for (int64_t p = ith; p * j->panel < N; p += team->nth) {
+        const int64_t n0 = p * j->panel, width = N - n0 < j->panel ? N - n0 : j->panel;
+        for (int64_t s = 0; s * 16 < width; ++s) /* (a last odd strip's twin is never stored: no need to fill it) */
+            (L->kind == KIND_I8 ? tile_columns_i8 : tile_columns_i4)(L, n0 + s * 16, panel + (s / 2) * KP * 32 + (s % 2) * 16);
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int rows_here = M - t * TILE_ROWS < TILE_ROWS ? (int)(M - t * TILE_ROWS) : TILE_ROWS;
+            for (int64_t g = 0; g * 32 < width; ++g)
+                tile(j->xp + t * KP * TILE_ROWS, K, rows_here, panel + g * KP * 32, L, n0 + g * 32,
+                     j->y + t * TILE_ROWS * N);
+        }
+    }
+}
+#endif
+
+/* Whether biogpt_tiles_linear runs on this build (AVX-512 with BF16 pairs). */
+int biogpt_tiles_available(void) { return HAVE_PAIRS; }
+
+/* y (M, N) = x (M, K) @ W^T + bias for int8 weights, or int4 ones in whole split blocks, all bfloat16, on `threads`
+   threads (see above). Returns 0, 1 when out of memory, 2 for a Linear it cannot read, 3 for one it does not do
+   here (no BF16 pairs on this CPU, an int4 tail block, odd K): the caller takes the `dequant` kernel. */
+int biogpt_tiles_linear(const Linear *L, const void *x, void *y, int64_t M, int threads) {
+    if (check_linear(L) || M < 1) return 2;
+#if HAVE_PAIRS
+    if ((L->kind != KIND_I8 && L->kind != KIND_I4) || L->K % 2 || (L->kind == KIND_I4 && L->N % L->block)) return 3;
+    const int64_t K = L->K, tiles = (M + TILE_ROWS - 1) / TILE_ROWS, nth = threads > 0 ? threads : 1;
+    int64_t panel = PANEL_BYTES / (K * 2) / 32 * 32;
+    if (panel < 32) panel = 32;
+    const size_t xp = (size_t)(tiles * TILE_ROWS * K / 2), per_thread = (size_t)(panel * K / 2);
+    uint32_t *memory = (uint32_t *)aligned_alloc(64, (xp + per_thread * nth) * sizeof(uint32_t) + 64);
+    if (!memory) return 1;
+    TilesJob job = {L, (const uint16_t *)x, (uint16_t *)y, M, panel, memory, memory + xp};
+    run_parallel(tiles_job, &job, (int)nth);
+    free(memory);
+    return 0;
+#else
+    (void)x, (void)y, (void)threads;
+    return 3;
+#endif
+}
+
 /* One decoder layer's weights (native.py's `_Layer`), in the order of the module code. */
 typedef struct {
     const void *ln1_weight, *ln1_bias; /* self_attn_layer_norm */

@@ -143,6 +143,10 @@ def _declare(library: ctypes.CDLL) -> None:
     library.biogpt_int4_dequantize_t.restype = ctypes.c_int
     library.biogpt_int8_dequantize.argtypes = [ctypes.POINTER(_Linear), pointer, ctypes.c_int, ctypes.c_int]
     library.biogpt_int8_dequantize.restype = ctypes.c_int
+    library.biogpt_tiles_linear.argtypes = [ctypes.POINTER(_Linear), pointer, pointer, size, ctypes.c_int]
+    library.biogpt_tiles_linear.restype = ctypes.c_int
+    library.biogpt_tiles_available.argtypes = []
+    library.biogpt_tiles_available.restype = ctypes.c_int
 
 
 def _self_test(library: ctypes.CDLL) -> Optional[str]:
@@ -282,6 +286,30 @@ def int8_dequantized(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     """weight (N, K) int8 * scales (N,) in the dtype of `scales` (float32 or bfloat16), each value one product
     rounded once; both contiguous on the CPU."""
     return _int8_dequantized(_library()[0], weight, scales)
+
+
+def tiles_available() -> bool:
+    """Whether `tiles_linear` runs here: the native kernels, on a CPU with AVX-512 BF16."""
+    return available() and bool(_library()[0].biogpt_tiles_available())
+
+
+def _tiles(library: ctypes.CDLL, rows: torch.Tensor, spec: _Linear) -> Optional[torch.Tensor]:
+    out = torch.empty(rows.shape[0], spec.N, dtype=torch.bfloat16)
+    if not rows.shape[0]:
+        return out
+    status = library.biogpt_tiles_linear(ctypes.byref(spec), rows.data_ptr(), out.data_ptr(), rows.shape[0],
+                                         torch.get_num_threads())
+    if status == 3:
+        return None
+    _check(status, "tiled product")
+    return out
+
+
+def tiles_linear(rows: torch.Tensor, spec: _Linear) -> Optional[torch.Tensor]:
+    """(M, N) = rows (M, K) @ W^T + bias for the int8 or int4 Linear `spec` (`int8_spec`, `int4_spec`), bfloat16
+    rows, scales and bias, contiguous on the CPU: a blocked product that expands the weight a panel at a time in the
+    cache (native.c). None where it does not apply (`tiles_available()` false, an int4 tail block, odd K)."""
+    return _tiles(_library()[0], rows, spec)
 
 
 def layer_spec(ln1_weight: torch.Tensor, ln1_bias: torch.Tensor, attention: list[_Linear], ln2_weight: torch.Tensor,

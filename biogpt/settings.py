@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 from .errors import ConfigError
 
 # BIOGPT_CPU_KERNELS: the probe's modes, then the kernels of `biogpt.kernels` a deployment may force.
-CPU_KERNEL_CHOICES = ("auto", "probe", "aten", "gemv", "onednn", "native", "dequant")
+CPU_KERNEL_CHOICES = ("auto", "probe", "aten", "gemv", "onednn", "native", "dequant", "tiles")
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -234,8 +234,8 @@ class Settings:
     cpu_kernels: str = _var(
         "BIOGPT_CPU_KERNELS", lambda text, name: parse_choice(text, name, CPU_KERNEL_CHOICES), "auto",
         "CPU kernels of the linear layers: `auto` measures the candidates once per machine (cached), `probe` "
-        "measures again, `aten` is plain PyTorch, `gemv`, `onednn`, `native` (compiled here from `biogpt/native.c`) or "
-        "`dequant` force that kernel where it applies")
+        "measures again, `aten` is plain PyTorch, `gemv`, `onednn`, `native` (compiled here from `biogpt/native.c`), "
+        "`dequant` or `tiles` force that kernel where it applies")
     kernel_cache: Path = _var(
         "BIOGPT_KERNEL_CACHE", parse_path,
         Path(os.path.expanduser("~/.cache/biogpt/cpu-kernels.json")),

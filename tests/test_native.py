@@ -131,6 +131,72 @@ def test_int4_products_in_both_split_layouts(block):
         native.int4_linear(x, packed, torch.stack([scales, zeros], dim=2).contiguous(), None, 32, 16)
 
 
+@pytest.fixture
+def tiles_kernel(native_kernels):
+    if not native.tiles_available():
+        pytest.skip("the tiled product needs AVX-512 BF16")
+
+
+# Rows: under a tile of 14, one and a bit, several tiles with a part left; output columns past a multiple of 16 and
+# of 32 (a strip alone, masked stores); input columns past a multiple of 32 (the scalar tail of the expansion).
+TILE_SHAPES = [(1, 16, 64), (13, 33, 70), (15, 64, 1000), (29, 100, 256), (200, 48, 96)]
+
+
+@pytest.mark.usefixtures("tiles_kernel")
+@pytest.mark.parametrize("rows, out_features, in_features", TILE_SHAPES)
+def test_tiled_int8_products_equal_the_float64_product(rows, out_features, in_features):
+    """int8 values are exact in bfloat16 and the scale multiplies the sums: only float32 sums and the output round."""
+    generator = torch.Generator().manual_seed(rows + out_features)
+    x = torch.randn(rows, in_features, generator=generator).bfloat16()
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+    scales = (torch.rand(out_features, generator=generator) * 0.02).bfloat16()
+    bias = torch.randn(out_features, generator=generator).bfloat16()
+    dequantized = weight.double() * scales.double()[:, None]
+    for with_bias in (bias, None):
+        exact = x.double() @ dequantized.t() + (with_bias.double() if with_bias is not None else 0)
+        got = native.tiles_linear(x, native.int8_spec(weight, scales, with_bias))
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+        assert bool(((got.double() - exact).abs() <= _bound(x.double(), dequantized, exact, torch.bfloat16)).all())
+
+
+# Whole blocks of 64 rows (one, two, three), groups of 32 to 256 input columns.
+TILE_INT4_SHAPES = [(1, 64, 128, 32), (13, 128, 256, 64), (29, 192, 512, 128), (15, 64, 256, 256)]
+
+
+@pytest.mark.usefixtures("tiles_kernel")
+@pytest.mark.skipif(kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here")
+@pytest.mark.parametrize("rows, out_features, in_features, group_size", TILE_INT4_SHAPES)
+def test_tiled_int4_products_equal_the_float64_product(rows, out_features, in_features, group_size):
+    """int4 weights are expanded to bfloat16 (each rounded once: at most 2^-9 of it) before the product."""
+    x, packed, scales_and_zeros, weight = _int4_case(rows, out_features, in_features, group_size, torch.bfloat16,
+                                                     rows + group_size)
+    bias = torch.randn(out_features, generator=torch.Generator().manual_seed(5)).bfloat16()
+    exact = x.double() @ weight.t() + bias.double()
+    spec = native.int4_spec(packed, scales_and_zeros, bias, in_features, group_size, kernels.int4_layout()[0])
+    got = native.tiles_linear(x, spec).double()
+    rounded_weights = (x.double().abs() @ weight.abs().t()) * 2.0 ** -9
+    assert bool(((got - exact).abs() <= _bound(x.double(), weight, exact, torch.bfloat16) + rounded_weights).all())
+
+
+@pytest.mark.usefixtures("tiles_kernel")
+def test_the_tiled_product_declines_what_it_does_not_compute():
+    """An int4 tail block (80 rows = 64 + 16) and an odd number of input columns: None, the caller expands instead."""
+    x, packed, scales_and_zeros, _ = _int4_case(3, 80, 128, 64, torch.bfloat16, 1)
+    assert native.tiles_linear(x, native.int4_spec(packed, scales_and_zeros, None, 128, 64,
+                                                   kernels.int4_layout()[0])) is None
+    odd = torch.ones(4, 7, dtype=torch.int8)
+    assert native.tiles_linear(torch.ones(2, 7).bfloat16(), native.int8_spec(odd, torch.ones(4).bfloat16(), None)) is None
+
+
+@needs_native
+def test_forcing_tiles_gives_it_to_many_row_products_of_low_bit_weights_only(tmp_path):
+    layer = kernels.Int8Linear.from_float(torch.randn(64, 64), None, torch.bfloat16)
+    plan = kernels.plan_kernels([layer], "tiles", tmp_path / "k.json")
+    expected = "tiles" if native.tiles_available() else "aten"
+    assert plan == {"int8-bfloat16": {"decode": "aten", "batch_decode": "aten", "batch": expected, "prefill": expected}}
+    assert kernels.plan_kernels([layer.float()], "tiles", tmp_path / "k.json")["int8-float32"]["prefill"] == "aten"
+
+
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_every_code_path_computes_the_same_products(path, tmp_path):
     library = build_path(path, tmp_path)
@@ -146,6 +212,11 @@ def test_every_code_path_computes_the_same_products(path, tmp_path):
         for dtype in (torch.float32, torch.bfloat16):  # the dequant kernel's W: each q * scale rounded once
             dtype_scales = scales.to(dtype)
             assert torch.equal(native._int8_dequantized(library, weight, dtype_scales), weight * dtype_scales[:, None])
+        tiled = native._tiles(library, x, native.int8_spec(weight, scales, None))
+        if "bf16" in path and in_features % 2 == 0:
+            assert bool(((tiled.double() - exact).abs() <= bound).all()), (path, rows, out_features, in_features)
+        else:  # no BF16 pairs, or an odd number of input columns: the caller takes the dequant kernel
+            assert tiled is None
         got16 = native._dense(library, x, weight.bfloat16(), None).double()
         exact16 = x.double() @ weight.double().t()
         assert bool(((got16 - exact16).abs() <= _bound(x.double(), weight.double(), exact16, torch.bfloat16)).all())
@@ -260,6 +331,29 @@ def test_greedy_output_of_the_demo_lm_is_plain_pytorchs(dtype, config):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
         assert torch.equal(model.generate(ids, max_new_tokens=16, do_sample=False), expected), prompt
+
+
+@pytest.mark.usefixtures("tiles_kernel")
+@pytest.mark.parametrize("config", [
+    TorchAoConfig("int8_weight_only"),
+    pytest.param(TorchAoConfig("int4_weight_only", group_size=32), marks=pytest.mark.skipif(
+        kernels.int4_layout() not in kernels.NATIVE_INT4_LAYOUTS, reason="torch packs int4 in pairs here"))],
+    ids=["int8", "int4"])
+def test_prompts_through_the_tiled_product_continue_as_plain_pytorch(config):
+    """Short prompts (the batch regime) and long ones (prefill) through `tiles`: the same text as plain PyTorch."""
+    path = catalog.demo_path("causal-lm")
+    tokenizer = BioGptTokenizer.from_pretrained(path)
+    reference = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+                                                  cpu_kernels="aten")
+    model = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, quantization_config=config,
+                                              cpu_kernels="tiles")
+    plan = next(iter(model.cpu_kernel_plan.values()))
+    assert (plan["batch"], plan["prefill"]) == ("tiles", "tiles")
+    long_prompt = " ".join(PROMPTS * 12)
+    for prompt in (*PROMPTS, long_prompt):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = reference.generate(ids, max_new_tokens=8, do_sample=False)
+        assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), expected), ids.shape
 
 
 def _threads(count: int):
