@@ -101,23 +101,41 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 10) -> dict[str, float]:
-    """Streaming bandwidth measured with torch: a large sum (read only) and a copy (read + write)."""
+def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 10, copy: bool = True) -> dict[str, float]:
+    """Streaming bandwidth measured with torch: a large sum (read only) and a copy (read + write), best of `repeats`."""
     import torch
 
     n = size_mb * 2**20 // 4
     a = torch.ones(n, dtype=torch.float32)
-    b = torch.empty_like(a)
+    b = torch.empty_like(a) if copy else None
     a.sum()
-    b.copy_(a)
-    read, copy = [], []
+    if b is not None:
+        b.copy_(a)
+    read, copies = [], []
     for _ in range(repeats):
         t, _ = timed(lambda: a.sum())
         read.append(a.numel() * 4 / t / 1e9)
-        t, _ = timed(lambda: b.copy_(a))
-        copy.append(2 * a.numel() * 4 / t / 1e9)
+        if b is not None:
+            t, _ = timed(lambda: b.copy_(a))
+            copies.append(2 * a.numel() * 4 / t / 1e9)
     del a, b
-    return {"read_gbs": max(read), "copy_gbs": max(copy)}
+    return {"read_gbs": max(read), **({"copy_gbs": max(copies)} if copies else {})}
+
+
+class BandwidthSamples:
+    """Read bandwidth sampled next to the runs it is a limit for (a shared host's bandwidth drifts by tens of percent
+    over minutes, so a figure taken once at the start says little about a row measured ten minutes later): call it
+    between runs, read `median_gbs`."""
+
+    def __init__(self, size_mb: int = 256, repeats: int = 3) -> None:
+        self.size_mb, self.repeats, self.samples = size_mb, repeats, []
+
+    def __call__(self) -> None:
+        self.samples.append(memory_bandwidth_gbs(self.size_mb, self.repeats, copy=False)["read_gbs"])
+
+    @property
+    def median_gbs(self) -> Optional[float]:
+        return median(self.samples) if self.samples else None
 
 
 def machine() -> dict[str, Any]:

@@ -982,7 +982,8 @@ int biogpt_tiles_linear(const Linear *L, const void *x, void *y, int64_t M, int 
     int64_t panel = PANEL_BYTES / (K * 2) / 32 * 32;
     if (panel < 32) panel = 32;
     const size_t xp = (size_t)(tiles * TILE_ROWS * K / 2), per_thread = (size_t)(panel * K / 2);
-    uint32_t *memory = (uint32_t *)aligned_alloc(64, (xp + per_thread * nth) * sizeof(uint32_t) + 64);
+    const size_t bytes = ((xp + per_thread * (size_t)nth) * sizeof(uint32_t) + 63) / 64 * 64; /* aligned_alloc: a multiple */
+    uint32_t *memory = (uint32_t *)aligned_alloc(64, bytes);
     if (!memory) return 1;
     TilesJob job = {L, (const uint16_t *)x, (uint16_t *)y, M, panel, memory, memory + xp};
     run_parallel(tiles_job, &job, (int)nth);
