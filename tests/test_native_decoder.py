@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 
 import pytest
 import torch
@@ -267,6 +268,32 @@ def test_weights_changed_after_a_step_are_the_ones_the_next_step_reads(checkpoin
     expected, _ = _decode(model, PROMPT, 3, fused=False)
     torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(mine, before, atol=1e-3)  # the change mattered
+
+
+def test_weights_replaced_in_the_middle_of_a_sequence_finish_it(checkpoint):
+    """The steps after a sequence's first reuse its layer array, which keeps the weights' memory alive: a weight
+    replaced mid-sequence (its cache computed with the old one) neither crashes nor mixes in freed memory; the
+    sequence finishes on the weights it started with, and the next sequence reads the new ones."""
+    model = _load(checkpoint, torch.float32, None)
+    for layer in model.biogpt.layers[1:]:  # weights in memory of their own (not the checkpoint's mapping)
+        layer.fc2.weight = torch.nn.Parameter(layer.fc2.weight.detach().clone(), requires_grad=False)
+    original = copy.deepcopy(model)
+    with _native_decoder(model, True):
+        cache = KVCache.for_model(model, 1, PROMPT.shape[1] + 4)
+        token = model(PROMPT, past_key_values=cache).logits[:, -1:].argmax(-1)
+        steps = [model(token, past_key_values=cache).logits[0, -1].float()]
+        _new_parameter(model.biogpt.layers[1])  # the old weight is now referenced by the array alone
+        _new_parameter(model.biogpt.layers[2])
+        gc.collect()
+        reused = [torch.full_like(original.biogpt.layers[1].fc2.weight, float("nan")) for _ in range(16)]  # freed
+        # memory would now hold these
+        for _ in range(2):
+            steps.append(model(steps[-1].argmax().view(1, 1), past_key_values=cache).logits[0, -1].float())
+    del reused
+    expected, _ = _decode(original, PROMPT, 3, fused=False)
+    torch.testing.assert_close(torch.stack(steps), expected, rtol=1e-5, atol=1e-5)
+    mine, _ = _decode(model, PROMPT, 3)
+    torch.testing.assert_close(mine, _decode(model, PROMPT, 3, fused=False)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_deep_copy_computes_with_its_own_weights(checkpoint):
