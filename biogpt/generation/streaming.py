@@ -64,18 +64,35 @@ def _stable_prefix_end(tokenizer: Any, generated_ids: list[int]) -> int:
     glues the words on both sides of an aggressive-hyphen joiner such as `@-@` ("anti @-@ cancer" -> "anti-cancer"),
     so a word next to a held-back joiner is held back too.
     """
-    pieces = tokenizer.convert_ids_to_tokens(generated_ids)
-    word_ends, words, current = [], [], ""
-    for i, piece in enumerate(pieces):
-        current += piece
+    words = _Words()
+    for piece in tokenizer.convert_ids_to_tokens(generated_ids):
+        words.add(piece)
+    return words.stable_end()
+
+
+class _Words:
+    """The generated pieces' words, one piece at a time: `_stable_prefix_end` without re-reading every piece of the
+    sequence at each token (streaming a 400-token continuation spent 0.3 ms a token on that)."""
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []  # tokens up to the end of each complete word
+        self.joiners: list[bool] = []  # whether each complete word is a joiner
+        self.current = ""  # the incomplete word's pieces so far
+        self.tokens = 0
+
+    def add(self, piece: str) -> None:
+        self.tokens += 1
+        self.current += piece
         if piece.endswith("</w>"):
-            word_ends.append(i + 1)
-            words.append(current[:-len("</w>")])
-            current = ""
-    stable_words = len(words) - 1
-    while stable_words > 0 and (_is_joiner(words[stable_words - 1]) or _is_joiner(words[stable_words])):
-        stable_words -= 1
-    return word_ends[stable_words - 1] if stable_words > 0 else 0
+            self.ends.append(self.tokens)
+            self.joiners.append(_is_joiner(self.current[:-len("</w>")]))
+            self.current = ""
+
+    def stable_end(self) -> int:
+        stable_words = len(self.ends) - 1
+        while stable_words > 0 and (self.joiners[stable_words - 1] or self.joiners[stable_words]):
+            stable_words -= 1
+        return self.ends[stable_words - 1] if stable_words > 0 else 0
 
 
 def _is_joiner(word: str) -> bool:
@@ -103,6 +120,7 @@ class DeltaStreamer:
         self.prompt_truncated = prompt_truncated
         self.generated: list[int] = []
         self.emitted = ""  # text yielded so far, always a prefix of the final continuation
+        self.words = _Words()  # the generated tokens' words (_stable_prefix_end, kept up to date)
         self.stable_end = 0  # generated tokens whose text the last push decoded (_stable_prefix_end)
         self.finished = False
 
@@ -116,6 +134,7 @@ class DeltaStreamer:
             raise RuntimeError("This stream has finished; no more tokens can be pushed.")
         token_id, prob = int(token_id), float(prob)
         self.generated.append(token_id)
+        self.words.add(self.tokenizer.convert_ids_to_tokens([token_id])[0])
         reason = None
         if token_id in self.eos_token_ids:
             reason = "eos"
@@ -129,7 +148,7 @@ class DeltaStreamer:
                 return self._end(text[len(self.emitted):end], [token_id], [prob], "stop_string")
         if reason is not None:
             return self._end(self.text()[len(self.emitted):], [token_id], [prob], reason)
-        end = _stable_prefix_end(self.tokenizer, self.generated)
+        end = self.words.stable_end()
         new_text = ""
         if end != self.stable_end:  # else the same tokens, the same text, emitted already: no decode
             self.stable_end = end
