@@ -470,7 +470,8 @@ CANDIDATES = (
               lambda fmt: True),
     Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: int4_layout_known()),
-    Candidate("tiles", frozenset({"int8-bfloat16"}), frozenset({"batch", "prefill"}), lambda fmt: native.tiles_available()),
+    Candidate("tiles", frozenset({"int8-bfloat16"}), frozenset({"batch", "prefill"}),
+              lambda fmt: native.tiles_available()),
     Candidate("tiles", frozenset({"int4-bfloat16"}), frozenset({"batch", "prefill"}),
               lambda fmt: native.tiles_available() and native_int4_available()),
 )

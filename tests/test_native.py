@@ -184,8 +184,8 @@ def test_the_tiled_product_declines_what_it_does_not_compute():
     x, packed, scales_and_zeros, _ = _int4_case(3, 80, 128, 64, torch.bfloat16, 1)
     assert native.tiles_linear(x, native.int4_spec(packed, scales_and_zeros, None, 128, 64,
                                                    kernels.int4_layout()[0])) is None
-    odd = torch.ones(4, 7, dtype=torch.int8)
-    assert native.tiles_linear(torch.ones(2, 7).bfloat16(), native.int8_spec(odd, torch.ones(4).bfloat16(), None)) is None
+    odd, scales = torch.ones(4, 7, dtype=torch.int8), torch.ones(4).bfloat16()
+    assert native.tiles_linear(torch.ones(2, 7).bfloat16(), native.int8_spec(odd, scales, None)) is None
 
 
 @needs_native
