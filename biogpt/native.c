@@ -879,10 +879,9 @@ static void tile_columns_i8(const Linear *L, int64_t n0, uint32_t *out) {
         for (int j = 0; j < 16; ++j) _mm512_storeu_si512(out + (k / 2 + j) * 32, r[j]);
     }
     for (; k < K; k += 2) /* the last K % 32 columns */
-        for (int i = 0; i < 16; ++i) {
-            const int8_t *row = w + (i < valid ? i : 0) * K;
-            out[(k / 2) * 32 + i] = i < valid ? (uint32_t)bf16_round(row[k]) | (uint32_t)bf16_round(row[k + 1]) << 16 : 0;
-        }
+        for (int i = 0; i < 16; ++i)
+            out[(k / 2) * 32 + i] = i < valid ? (uint32_t)bf16_round(w[i * K + k]) | (uint32_t)bf16_round(w[i * K + k + 1]) << 16
+                                              : 0;
 }
 
 /* The same for int4 weights in a split block layout (int4_dequantize_job): a column of a block is contiguous, so the
@@ -931,7 +930,8 @@ static inline void tile(const uint32_t *xp, int64_t K, int rows, const uint32_t 
         if (n >= N) break;
         const __mmask16 keep = N - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (N - n)) - 1);
         const __m512 bias = L->bias ? bf16_lanes(keep, (const uint16_t *)L->bias + n) : _mm512_setzero_ps();
-        const __m512 scale = L->kind == KIND_I8 ? bf16_lanes(keep, (const uint16_t *)L->scales + n) : _mm512_set1_ps(1.f);
+        const __m512 scale = L->kind == KIND_I8 ? bf16_lanes(keep, (const uint16_t *)L->scales + n)
+                                                : _mm512_set1_ps(1.f);
         for (int r = 0; r < rows; ++r) {
             const __m512i bits = _mm512_srli_epi32(vbf16_bits(_mm512_fmadd_ps(acc[r][c], scale, bias)), 16);
             _mm256_mask_storeu_epi16(y + r * N + n, keep, _mm512_cvtepi32_epi16(bits));
@@ -957,7 +957,8 @@ static void tiles_job(void *arg, Team *team, int ith) {
     for (int64_t p = ith; p * j->panel < N; p += team->nth) {
         const int64_t n0 = p * j->panel, width = N - n0 < j->panel ? N - n0 : j->panel;
         for (int64_t s = 0; s * 16 < width; ++s) /* (a last odd strip's twin is never stored: no need to fill it) */
-            (L->kind == KIND_I8 ? tile_columns_i8 : tile_columns_i4)(L, n0 + s * 16, panel + (s / 2) * KP * 32 + (s % 2) * 16);
+            (L->kind == KIND_I8 ? tile_columns_i8 : tile_columns_i4)(L, n0 + s * 16,
+                                                                     panel + (s / 2) * KP * 32 + (s % 2) * 16);
         for (int64_t t = 0; t < tiles; ++t) {
             const int rows_here = M - t * TILE_ROWS < TILE_ROWS ? (int)(M - t * TILE_ROWS) : TILE_ROWS;
             for (int64_t g = 0; g * 32 < width; ++g)
@@ -982,7 +983,8 @@ int biogpt_tiles_linear(const Linear *L, const void *x, void *y, int64_t M, int 
     int64_t panel = PANEL_BYTES / (K * 2) / 32 * 32;
     if (panel < 32) panel = 32;
     const size_t xp = (size_t)(tiles * TILE_ROWS * K / 2), per_thread = (size_t)(panel * K / 2);
-    const size_t bytes = ((xp + per_thread * (size_t)nth) * sizeof(uint32_t) + 63) / 64 * 64; /* aligned_alloc: a multiple */
+    /* aligned_alloc wants a multiple of the alignment */
+    const size_t bytes = ((xp + per_thread * (size_t)nth) * sizeof(uint32_t) + 63) / 64 * 64;
     uint32_t *memory = (uint32_t *)aligned_alloc(64, bytes);
     if (!memory) return 1;
     TilesJob job = {L, (const uint16_t *)x, (uint16_t *)y, M, panel, memory, memory + xp};
