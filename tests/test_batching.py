@@ -13,7 +13,7 @@ import biogpt
 from biogpt.batching import BatchingEngine
 from biogpt.bpe import learn_bpe
 from biogpt.errors import GenerationParameterError
-from biogpt.generation import stream_generate
+from biogpt.generation import StreamRequest, stream_generate
 
 TEXTS = ["Ibuprofen is best used for the treatment of pain and fever.",
          "Aspirin inhibits COX-1 and COX-2 enzymes in patients with arthritis.",
@@ -175,6 +175,32 @@ def test_bad_requests_never_kill_the_worker(model, tokenizer, engine):
     with pytest.raises(Exception):
         list(bad)
     assert summary(list(good)) == summary(solo(model, tokenizer, PROMPTS[0], max_new_tokens=5))
+    assert _wait(lambda: engine.active_count == 0)
+
+
+def test_a_request_failing_mid_batch_ends_alone(model, tokenizer, engine, monkeypatch):
+    """Its logits processors raise at its 4th token: its stream ends with that error after 3 deltas, and the rows
+    decoding beside it (greedy, penalised, sampled) still equal their solo runs."""
+    failing = tokenizer(PROMPTS[3], return_tensors="pt")["input_ids"]
+    process = StreamRequest.process
+
+    def fail_at_fourth_token(processors, ids, logits):
+        if ids.shape[1] == failing.shape[1] + 3 and torch.equal(ids[:, :failing.shape[1]], failing):
+            raise RuntimeError("processor failed")
+        return process(processors, ids, logits)
+
+    monkeypatch.setattr(StreamRequest, "process", staticmethod(fail_at_fourth_token))
+    params = [dict(max_new_tokens=10, eos_token_id=[]), dict(max_new_tokens=8, repetition_penalty=1.3),
+              dict(max_new_tokens=9, do_sample=True, seed=5, top_k=20)]
+    expected = [summary(solo(model, tokenizer, p, **kw)) for p, kw in zip(PROMPTS[:3], params)]
+    bad = engine.stream(PROMPTS[3], max_new_tokens=10, repetition_penalty=1.2, eos_token_id=[])
+    streams = [engine.stream(p, **kw) for p, kw in zip(PROMPTS[:3], params)]
+    got = []
+    with pytest.raises(RuntimeError, match="processor failed"):
+        for delta in bad:
+            got.append(delta)
+    assert len(got) == 3
+    assert [summary(list(s)) for s in streams] == expected
     assert _wait(lambda: engine.active_count == 0)
 
 

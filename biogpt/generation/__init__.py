@@ -24,6 +24,7 @@ import torch
 
 from .config import GENERATION_CONFIG_NAME, GenerationConfig, GenerationResult
 from .decoding import generate
+from .processors import greedy_tokens
 from .streaming import DeltaStreamer, StreamDelta, StreamRequest, continuation_text, prepare_stream, stream_generate
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..cache import KVCache, StaticKVCache
 from .config import GenerationConfig, GenerationResult, resolve_config
-from .processors import Plan, apply_processors, build_processors, make_generator, plan_lengths
+from .processors import Plan, apply_processors, build_processors, greedy_tokens, make_generator, plan_lengths
 
 
 def static_decode_step(model: Any, tokens: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor,
@@ -82,7 +82,7 @@ def greedy_or_sample_steps(model: Any, plan: Plan, config: GenerationConfig,
             if config.do_sample:
                 tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
             else:
-                tokens = scores.argmax(dim=-1)
+                tokens = greedy_tokens(scores)
             if eos.numel():
                 tokens = torch.where(unfinished, tokens, pad)
                 unfinished = unfinished & ~torch.isin(tokens, eos)

@@ -158,11 +158,10 @@ def build_processors(config: GenerationConfig, plan: Plan, prompt_mask: Optional
         processors.append(bad_words)
 
     if eos and plan.min_length > 0:
+        eos_index = torch.tensor(eos, dtype=torch.long, device=plan.input_ids.device)
+
         def min_length(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            if ids.shape[1] < plan.min_length:
-                scores = scores.clone()
-                scores[:, eos] = -float("inf")
-            return scores
+            return scores.index_fill(1, eos_index, -float("inf")) if ids.shape[1] < plan.min_length else scores
         processors.append(min_length)
 
     if config.do_sample:
@@ -192,6 +191,15 @@ def apply_processors(processors: list[Processor], ids: torch.Tensor, scores: tor
     for process in processors:
         scores = process(ids, scores)
     return scores
+
+
+def greedy_tokens(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(dim=-1)` of (rows, vocab) scores: each row's first maximum (a NaN counts as one), as torch picks
+    it. float32 scores on the CPU go through NumPy, whose vectorised argmax over BioGPT's 42k-token vocabulary takes
+    4 us where torch's takes 40-65 (the largest cost of picking a token after the forward)."""
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        return torch.from_numpy(scores.numpy().argmax(axis=-1))
+    return scores.argmax(dim=-1)
 
 
 def make_generator(seed: Optional[int], generator: Optional[torch.Generator],
