@@ -64,13 +64,17 @@ from .settings import CPU_KERNEL_CHOICES, Settings
 
 logger = logging.getLogger(__name__)
 
-# A product's regime follows its rows (`regime`): one ("decode"), 2 to 127 (a short prompt, or a decode step of a
-# batch: "batch"), 128 and more ("prefill"). "batch_decode" is the choice for the decode steps of a batch alone:
-# `NativeDecoder` runs them in one call where it is `native`, else the module code runs them with the batch kernel.
-REGIMES = ("decode", "batch_decode", "batch", "prefill")
+# A product's regime follows its rows (`regime`): one ("decode"), 2 to 31 (a short prompt, or a decode step of a
+# batch: "batch"), 32 to 127 (a mid-length prompt, or the prompts the batching engine admits together: "medium"),
+# 128 and more ("prefill"). "batch_decode" is the choice for the decode steps of a batch alone: `NativeDecoder` runs
+# them in one call where it is `native`, else the module code runs them with the kernel of their rows' regime.
+# "medium" has its own probe because the kernels cross over within 2-127 rows: on a 2-core AVX-512 EPYC the native
+# products won at 16 rows (bf16: 3.8 ms vs oneDNN's 4.7 on eight fc matrices) and lost from ~48 (112 rows: 28.4 vs
+# 19.3 ms; int8 33.0 vs tiles' 23.5).
+REGIMES = ("decode", "batch_decode", "batch", "medium", "prefill")
 # Rows each regime is timed at by the probe: batch_decode at the batching engine's default 8 rows.
-PROBE_ROWS = {"decode": 1, "batch_decode": 8, "batch": 16, "prefill": 256}
-PREFILL_ROWS = 128
+PROBE_ROWS = {"decode": 1, "batch_decode": 8, "batch": 16, "medium": 64, "prefill": 256}
+MEDIUM_ROWS, PREFILL_ROWS = 32, 128
 # A candidate replaces `aten` only when it is at least this much faster (the noise of a short measurement).
 MARGIN = 0.05
 # How much slower than the best its products may measure for `native` to keep decoding (one row, or a batch):
@@ -87,15 +91,17 @@ PROBE_MIN_BYTES = 4 * 2**20
 BUSY_LOAD, QUIET_LOAD = 0.9, 0.5
 CHOICES = CPU_KERNEL_CHOICES
 # 2: the `native` candidate exists; 3: for float32 too, and preferred for decoding (NativeDecoder); 4: batch_decode;
-# 5: the `tiles` candidate
-CACHE_VERSION = 5
+# 5: the `tiles` candidate; 6: the medium regime
+CACHE_VERSION = 6
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "asimd", "sve", "bf16")
 
 
 def regime(rows: int) -> str:
     """The regime of a product with `rows` rows."""
-    return "decode" if rows == 1 else ("batch" if rows < PREFILL_ROWS else "prefill")
+    if rows == 1:
+        return "decode"
+    return "batch" if rows < MEDIUM_ROWS else ("medium" if rows < PREFILL_ROWS else "prefill")
 
 
 def decode_regime(rows: int) -> Optional[str]:
@@ -458,21 +464,23 @@ class Candidate:
 
 _FLOAT = frozenset({"float32", "bfloat16"})
 _QUANTIZED = frozenset({"int8-float32", "int8-bfloat16", "int4-float32", "int4-bfloat16"})
+_NATIVE_REGIMES = frozenset({"decode", "batch_decode", "batch", "medium"})
+_PROMPT_REGIMES = frozenset({"batch", "medium", "prefill"})
 CANDIDATES = (
     Candidate("aten", _FLOAT | _QUANTIZED, frozenset(REGIMES), lambda fmt: True),
     Candidate("gemv", _FLOAT, frozenset({"decode"}), lambda fmt: True),
     Candidate("onednn", _FLOAT, frozenset(REGIMES), lambda fmt: onednn_available(parse_dtype(fmt))),
-    Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, frozenset({"decode", "batch_decode", "batch"}),
+    Candidate("native", _FLOAT | {"int8-float32", "int8-bfloat16"}, _NATIVE_REGIMES,
               lambda fmt: native.available()),
-    Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"decode", "batch_decode", "batch"}),
+    Candidate("native", frozenset({"int4-float32", "int4-bfloat16"}), _NATIVE_REGIMES,
               lambda fmt: native_int4_available()),
-    Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), frozenset({"batch", "prefill"}),
+    Candidate("dequant", frozenset({"int8-float32", "int8-bfloat16"}), _PROMPT_REGIMES,
               lambda fmt: True),
-    Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), frozenset({"batch", "prefill"}),
+    Candidate("dequant", frozenset({"int4-float32", "int4-bfloat16"}), _PROMPT_REGIMES,
               lambda fmt: int4_layout_known()),
-    Candidate("tiles", frozenset({"int8-bfloat16"}), frozenset({"batch", "prefill"}),
+    Candidate("tiles", frozenset({"int8-bfloat16"}), _PROMPT_REGIMES,
               lambda fmt: native.tiles_available()),
-    Candidate("tiles", frozenset({"int4-bfloat16"}), frozenset({"batch", "prefill"}),
+    Candidate("tiles", frozenset({"int4-bfloat16"}), _PROMPT_REGIMES,
               lambda fmt: native.tiles_available() and native_int4_available()),
 )
 

@@ -38,7 +38,7 @@ def test_tiny_benchmark_writes_expected_rows_and_fields(tmp_path):
         assert set(row["load_s"]) == ({"ours"} if name in ("cpu-int8", "cpu-int4") else {"ours", "transformers"})
         assert row["bandwidth_ceiling_tok_s"] > 0
         assert row["ratio_decode_b1"] > 0 and "fraction_of_ceiling_b1" in row
-        assert set(row["kernels"]) and all(set(plan) == {"decode", "batch_decode", "batch", "prefill"}
+        assert set(row["kernels"]) and all(set(plan) == {"decode", "batch_decode", "batch", "medium", "prefill"}
                                            for plan in row["kernels"].values())
         assert "skipped" in row["ggml"]  # the anchor runs the microsoft/biogpt shape only, and says so
     assert rows["cpu-int8"]["transformers_dtype"] == "bf16"  # transformers needs torchao for int8/int4

@@ -62,7 +62,7 @@ def test_probe_picks_the_fastest_writes_the_cache_and_reuses_it(tmp_path):
     plan = kernels.apply_cpu_kernels(model, "auto", cache_file=cache, measure=probe)
     expected_batch = "onednn" if kernels.onednn_available() else "aten"
     assert plan == {"float32": {"decode": "gemv", "batch_decode": expected_batch, "batch": expected_batch,
-                                 "prefill": expected_batch}}
+                                 "medium": expected_batch, "prefill": expected_batch}}
     assert _classes(model) == {kernels.CpuLinear}
     assert model.biogpt.layers[0].fc1.kernels == plan["float32"]
     assert {regime for _, regime, _ in probe.calls} == (set(kernels.REGIMES) if kernels.onednn_available()
@@ -133,7 +133,8 @@ def test_forced_choices_skip_the_probe(tmp_path, monkeypatch):
     assert _classes(model) == {nn.Linear} and not cache.exists()
     plan = kernels.apply_cpu_kernels(model, "gemv", cache_file=cache, measure=_never)
     # gemv only has one row
-    assert plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "prefill": "aten"}}
+    assert plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten", "medium": "aten",
+                                 "prefill": "aten"}}
     assert _classes(model) == {kernels.CpuLinear}
     kernels.remove_cpu_kernels(model)
     assert _classes(model) == {nn.Linear}
@@ -162,9 +163,17 @@ def test_from_pretrained_applies_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOGPT_CPU_KERNELS", "gemv")
     model = BioGptForCausalLM.from_pretrained(tmp_path / "m")
     assert model.cpu_kernel_plan == {"float32": {"decode": "gemv", "batch_decode": "aten", "batch": "aten",
-                                                 "prefill": "aten"}}
+                                                 "medium": "aten", "prefill": "aten"}}
     plain = BioGptForCausalLM.from_pretrained(tmp_path / "m", cpu_kernels=False)
     assert _classes(plain) == {nn.Linear}
+
+
+def test_a_products_rows_decide_its_regime():
+    """One row decodes; a short prompt (2-31 rows) and a mid-length one (32-127: the kernels cross over there) are
+    probed apart; 128 rows and more are a prefill. A batch's decode steps follow batch_decode up to 127 rows."""
+    rows = (1, 2, 31, 32, 127, 128, 512)
+    assert [kernels.regime(r) for r in rows] == ["decode", "batch", "batch", "medium", "medium", "prefill", "prefill"]
+    assert [kernels.decode_regime(r) for r in rows] == ["decode"] + ["batch_decode"] * 4 + [None, None]
 
 
 def test_the_real_probe_returns_a_choice_for_every_regime(tmp_path):
@@ -226,5 +235,6 @@ def test_a_win_seen_only_in_a_disturbed_window_is_not_kept(tmp_path):
     assert entry["kernels"]["batch"] == "aten"
     assert {name: entry["timings"]["batch"][name] for name in ("aten", "onednn")} == {"aten": 0.9, "onednn": 1.0}
     assert entry["kernels"]["prefill"] == "onednn"  # a real win survives the second look
-    assert [regime for regime, _ in asked] == ["decode", "batch_decode", "batch", "prefill", "batch", "prefill"]
+    assert [regime for regime, _ in asked] == ["decode", "batch_decode", "batch", "medium", "prefill", "batch",
+                                                "prefill"]
     assert asked[-1] == ("prefill", ("aten", "onednn"))

@@ -193,7 +193,8 @@ def test_forcing_tiles_gives_it_to_many_row_products_of_low_bit_weights_only(tmp
     layer = kernels.Int8Linear.from_float(torch.randn(64, 64), None, torch.bfloat16)
     plan = kernels.plan_kernels([layer], "tiles", tmp_path / "k.json")
     expected = "tiles" if native.tiles_available() else "aten"
-    assert plan == {"int8-bfloat16": {"decode": "aten", "batch_decode": "aten", "batch": expected, "prefill": expected}}
+    assert plan == {"int8-bfloat16": {"decode": "aten", "batch_decode": "aten", "batch": expected, "medium": expected,
+                                      "prefill": expected}}
     assert kernels.plan_kernels([layer.float()], "tiles", tmp_path / "k.json")["int8-float32"]["prefill"] == "aten"
 
 
@@ -303,9 +304,11 @@ def test_an_unwritable_cache_folder_builds_in_the_temporary_folder(monkeypatch, 
 @needs_native
 def test_forcing_native_gives_it_to_one_and_few_row_products_only(tmp_path):
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8).bfloat16()], "native", tmp_path / "k.json")
-    assert plan == {"bfloat16": {"decode": "native", "batch_decode": "native", "batch": "native", "prefill": "aten"}}
+    assert plan == {"bfloat16": {"decode": "native", "batch_decode": "native", "batch": "native", "medium": "native",
+                                 "prefill": "aten"}}
     plan = kernels.plan_kernels([torch.nn.Linear(8, 8)], "native", tmp_path / "k.json")
-    assert plan == {"float32": {"decode": "native", "batch_decode": "native", "batch": "native", "prefill": "aten"}}
+    assert plan == {"float32": {"decode": "native", "batch_decode": "native", "batch": "native", "medium": "native",
+                                "prefill": "aten"}}
 
 
 PROMPTS = ["Aspirin is used to treat", "The patient presented with acute"]
