@@ -404,7 +404,7 @@ class BatchingEngine:
         """Each request's next token from its row of `logits` (rows, vocab), as the solo loop picks it (its own
         processors, then the argmax or a draw from its own generator), its delta emitted; None for a request that is
         cancelled or has just failed (its stream gets the error). The argmax and the softmax run once for all rows:
-        row by row they were a third of the engine's own time in an 8-row step."""
+        row by row they were a quarter of the engine's own time in an 8-row step (0.7 of 2.6 ms)."""
         scores = logits.float()  # exact, the same values as per row
         live = []
         for i, request in enumerate(requests):

@@ -314,9 +314,10 @@ static inline float pload_i8_scalar(int8_t v) { return (float)v; }
 
 /* One weight row against one row of x: a single sequential stream through memory (what the hardware prefetchers
    follow best: measured 30% faster than four rows at once for one row of x), four accumulators along k. The lines
-   ROW1_AHEAD bytes ahead are asked into L2 as it goes: the prefetchers alone kept too few lines in flight (bfloat16
-   decoding 5-14% faster, float32 4-8%; into L1 instead, or 8-16 KB ahead, was slower). */
-#define ROW1_AHEAD 4096
+   STREAM_AHEAD bytes ahead are asked into L2 as it goes (as in the int4 blocks below, also one stream each): the
+   prefetchers alone kept too few lines in flight (bfloat16 decoding 5-14% faster, float32 4-8%; into L1 instead, or
+   8-16 KB ahead, was slower). */
+#define STREAM_AHEAD 4096
 #define DEFINE_ROW1(NAME, WT, XT, STEP, LOADW, LOADX, MAC)                                                     \
     static inline float NAME(const WT *w, const XT *x, int64_t K) {                                            \
         vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                                            \
@@ -327,7 +328,7 @@ static inline float pload_i8_scalar(int8_t v) { return (float)v; }
             a2 = MAC(a2, LOADW(w + k + 2 * (STEP)), LOADX(x + k + 2 * (STEP)));                                \
             a3 = MAC(a3, LOADW(w + k + 3 * (STEP)), LOADX(x + k + 3 * (STEP)));                                \
             for (int64_t b = 0; b < 4 * (STEP) * (int64_t)sizeof(WT); b += 64)                                   \
-                __builtin_prefetch((const char *)(w + k) + ROW1_AHEAD + b, 0, 2);                              \
+                __builtin_prefetch((const char *)(w + k) + STREAM_AHEAD + b, 0, 2);                            \
         }                                                                                                      \
         for (; k + (STEP) <= K; k += (STEP)) a0 = MAC(a0, LOADW(w + k), LOADX(x + k));                         \
         float s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));                                                      \
@@ -453,7 +454,7 @@ static inline void group_scales(const void *sz, int bf16, int64_t N, int64_t n0,
             float sum_x = 0.f;                                                                                 \
             for (int64_t k = k0; k < k0 + group; ++k) {                                                        \
                 const uint8_t *p = wb + k * ((B) / 2);                                                         \
-                __builtin_prefetch(p + ROW1_AHEAD, 0, 2);                                                      \
+                __builtin_prefetch(p + STREAM_AHEAD, 0, 2);                                                      \
                 vec xk = vset(xf[k]);                                                                          \
                 sum_x += xf[k];                                                                                \
                 _Pragma("GCC unroll 8") for (int v = 0; v < VECS / 2; ++v) {                                   \
@@ -505,7 +506,7 @@ static void int4_pairs_block64(const uint8_t *wb, const uint16_t *xb, const floa
         float sum_x = 0.f;
         for (int64_t k = k0; k < k0 + group; k += 2) {
             const __m512i lo = _mm512_loadu_si512((const void *)(wb + k * 32)); /* rows 0..31: low nibbles */
-            __builtin_prefetch(wb + k * 32 + ROW1_AHEAD, 0, 2);
+            __builtin_prefetch(wb + k * 32 + STREAM_AHEAD, 0, 2);
             const __m512i hi = _mm512_srli_epi16(lo, 4);                       /* rows 32..63: high nibbles */
             uint32_t pair;
             memcpy(&pair, xb + k, sizeof pair);
@@ -871,7 +872,8 @@ static inline void transpose16(__m512i r[16]) {
     for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-/* Columns n0 .. n0 + 15 of the panel (zeros past N) as pairs: out[kp * 32 + i] = (q[n0 + i][2 kp], q[n0 + i][2 kp + 1]),
+/* Columns n0 .. n0 + 15 of the panel (zeros past N) as pairs:
+   out[kp * 32 + i] = (q[n0 + i][2 kp], q[n0 + i][2 kp + 1]),
    16 rows x 32 columns at a time through the registers. The int8 values themselves (exact in bfloat16): the scale
    multiplies the sums, as in the decode products. */
 static void tile_columns_i8(const Linear *L, int64_t n0, uint32_t *out) {
@@ -888,7 +890,8 @@ static void tile_columns_i8(const Linear *L, int64_t n0, uint32_t *out) {
     }
     for (; k < K; k += 2) /* the last K % 32 columns */
         for (int i = 0; i < 16; ++i)
-            out[(k / 2) * 32 + i] = i < valid ? (uint32_t)bf16_round(w[i * K + k]) | (uint32_t)bf16_round(w[i * K + k + 1]) << 16
+            out[(k / 2) * 32 + i] = i < valid ? (uint32_t)bf16_round(w[i * K + k])
+                                                    | (uint32_t)bf16_round(w[i * K + k + 1]) << 16
                                               : 0;
 }
 
@@ -924,7 +927,8 @@ static inline void tile(const uint32_t *xp, int64_t K, int rows, const uint32_t 
 #pragma GCC unroll 14
     for (int r = 0; r < TILE_ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t kp = 0; kp < K / 2; ++kp) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(b + kp * 32), w1 = (__m512bh)_mm512_loadu_si512(b + kp * 32 + 16);
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(b + kp * 32);
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(b + kp * 32 + 16);
 #pragma GCC unroll 14
         for (int r = 0; r < TILE_ROWS; ++r) {
             const __m512bh a = (__m512bh)_mm512_set1_epi32((int)xp[kp * TILE_ROWS + r]);
