@@ -725,19 +725,21 @@ NATIVE_DECODER_EVENT = "biogpt::native_decoder_layers"
 
 
 class NativeDecoder:
-    """The decoder layers of a decode step in one call of `native.decode_layers` (the model's own tensors; see
-    native.c): what `BioGptModel.run_layers` calls instead of its loop when set as the model's `native_decoder`
-    (`apply_cpu_kernels` does it where the decode products are `native`).
+    """A decode step's decoder layers, final LayerNorm and output projection in one call of `native.decode_layers`
+    (the model's own tensors; see native.c): what `BioGptModel.run_layers` calls instead of its loop when set as the
+    model's `native_decoder` (`apply_cpu_kernels` does it where the decode products are `native`).
 
-    Called with (layers, hidden (rows, 1, H), mask (rows, 1, 1, keys) booleans or None, cache), it returns the last
-    layer's output, or None for a step it does not compute, which then takes the module code: anything but one new
-    token per row after a `KVCache` with room for it, several rows where the batch_decode regime is not `native`,
-    autograd recording, torch.compile tracing, a layer whose decode kernel is not `native`, an activation
-    other than GELU. What the layer array was built from (`_BuiltLayers`: the modules, their kernels, their tensors'
-    addresses) is read back at the first step of every sequence, so a model moved, converted or re-quantized after
-    loading is never computed from stale pointers. The steps that follow, one token at a time on the same cache,
-    skip that check (0.4-0.5 ms of a 20 ms step): the array holds every tensor's storage, so weights replaced in the
-    middle of a sequence, whose cache the old ones computed, stay valid and finish it.
+    Called with (layers, hidden (rows, 1, H), mask (rows, 1, 1, keys) booleans or None, cache, final LayerNorm,
+    output projection or None), it returns (the final LayerNorm's output, the projection's (rows, 1, vocab) or None
+    where the projection's kernel is not `native`), or None for a step it does not compute, which then takes the
+    module code: anything but one new token per row after a `KVCache` with room for it, several rows where the
+    batch_decode regime is not `native`, autograd recording, torch.compile tracing, a layer whose decode kernel is
+    not `native`, an activation other than GELU. What the layer array was built from (`_BuiltLayers`: the modules,
+    their kernels, their tensors' addresses) is read back at the first step of every sequence, so a model moved,
+    converted or re-quantized after loading is never computed from stale pointers. The steps that follow, one token
+    at a time on the same cache, skip that check (0.4-0.5 ms of a 20 ms step): the array holds every tensor's
+    storage, so weights replaced in the middle of a sequence, whose cache the old ones computed, stay valid and
+    finish it.
     """
 
     def __init__(self) -> None:
@@ -747,7 +749,8 @@ class NativeDecoder:
         return {"_built": {}}  # pointers into this process's tensors mean nothing in a copy
 
     def __call__(self, layers: nn.ModuleList, hidden: torch.Tensor, mask: Optional[torch.Tensor],
-                 cache: Optional[object]) -> Optional[torch.Tensor]:
+                 cache: Optional[object], final_norm: nn.LayerNorm, head: Optional[nn.Module] = None
+                 ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
         rows = hidden.shape[0]
         if (cache is None or hidden.shape[1] != 1 or torch.is_grad_enabled() or hidden.device.type != "cpu"
                 or torch.compiler.is_compiling() or getattr(cache, "index", None) is not None
@@ -758,46 +761,49 @@ class NativeDecoder:
         keys, values = cache.keys, cache.values
         if any(t.dtype != hidden.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in keys + values):
             return None
-        specs = self._layer_specs(layers, hidden.dtype, decode_regime(rows), cache)
-        if specs is None:
+        built = self._current(layers, final_norm, head, hidden.dtype, decode_regime(rows), cache)
+        if built is None or built.array is None:
             return None
         attention = layers[0].self_attn
         may_attend = mask.reshape(rows, -1).contiguous() if mask is not None else None
         # named for torch.profiler (bench.profile_step) only while one records: the event costs ~0.2 ms per step
         event = torch.profiler.record_function(NATIVE_DECODER_EVENT) if torch.autograd._profiler_enabled() else None
         with event or contextlib.nullcontext():
-            out = native.decode_layers(specs, keys, values, hidden.reshape(rows, -1).contiguous(), may_attend,
-                                       attention.num_heads, cache.length, layers[0].self_attn_layer_norm.eps,
-                                       attention.scaling)
-        return out.view_as(hidden)
+            out, logits = native.decode_layers(built.array, keys, values, hidden.reshape(rows, -1).contiguous(),
+                                               may_attend, attention.num_heads, cache.length, final_norm.eps,
+                                               attention.scaling, final_norm.weight, final_norm.bias, built.head_spec)
+        return out.view_as(hidden), logits.view(rows, 1, -1) if logits is not None else None
 
-    def _layer_specs(self, layers: nn.ModuleList, dtype: torch.dtype, regime_name: Optional[str],
-                     cache: object) -> Optional[object]:
-        """The native layer array for this step (rebuilt, and checked in full, when what it was built from changed),
-        or None when these layers cannot run natively in this regime."""
+    def _current(self, layers: nn.ModuleList, final_norm: nn.LayerNorm, head: Optional[nn.Module],
+                 dtype: torch.dtype, regime_name: Optional[str], cache: object) -> Optional["_BuiltLayers"]:
+        """What this step runs on (rebuilt, and checked in full, when what it was built from changed), or None in a
+        regime without native layers."""
         if regime_name is None:
             return None
         built = self._built.get(regime_name)
-        if (built is None or built.layers is not layers or built.dtype != dtype
-                or not (built.continues(cache) or built.current())):
-            built = self._built[regime_name] = _BuiltLayers(layers, dtype, regime_name)
+        if (built is None or built.layers is not layers or built.final_norm is not final_norm or built.head is not head
+                or built.dtype != dtype or not (built.continues(cache) or built.current())):
+            built = self._built[regime_name] = _BuiltLayers(layers, final_norm, head, dtype, regime_name)
         built.sequence = (weakref.ref(cache), cache.length + 1)
-        return built.array
+        return built
 
 
 class _BuiltLayers:
-    """A native layer array and what it was built from, read back at a sequence's first step: the modules in the
-    layers' own dicts, each linear's kernel for the regime, the address of every parameter and buffer. It reads the
-    dicts the modules keep (not a flat copy), so a module or parameter replaced, a `.data` swapped, a conversion in
-    place or a kernel changed is seen whatever did it; the values it compares are held, so no id is reused
-    meanwhile. One pass over flat lists of those dicts costs ~0.4 ms on two cores after a step has evicted them from
-    the caches (walking the modules' attributes cost ~0.8 ms)."""
+    """A native layer array (None where the layers cannot run natively), the output projection's `Linear` (None where
+    it cannot) and what they were built from, read back at a sequence's first step: the modules in the layers' own
+    dicts, each linear's kernel for the regime, the address of every parameter and buffer (the final LayerNorm's and
+    the projection's too). It reads the dicts the modules keep (not a flat copy), so a module or parameter replaced,
+    a `.data` swapped, a conversion in place or a kernel changed is seen whatever did it; the values it compares are
+    held, so no id is reused meanwhile. One pass over flat lists of those dicts costs ~0.4 ms on two cores after a
+    step has evicted them from the caches (walking the modules' attributes cost ~0.8 ms)."""
 
-    def __init__(self, layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> None:
-        self.layers, self.dtype, self.regime_name = layers, dtype, regime_name
+    def __init__(self, layers: nn.ModuleList, final_norm: nn.LayerNorm, head: Optional[nn.Module], dtype: torch.dtype,
+                 regime_name: str) -> None:
+        self.layers, self.final_norm, self.head = layers, final_norm, head
+        self.dtype, self.regime_name = dtype, regime_name
         self.sequence: Optional[tuple] = None  # (the cache of the last step, its length at the next step of it)
         self.module_dicts = [layers._modules]
-        modules = []
+        modules = [final_norm, *([head] if head is not None else [])]
         for layer in layers:
             attention = layer.self_attn
             self.module_dicts += [layer._modules, attention._modules]
@@ -809,7 +815,9 @@ class _BuiltLayers:
         self.state = self._state()
         # every tensor's memory, alive while the array points into it (whatever replaces the tensors meanwhile)
         self.storages = [t.untyped_storage() for d in self.tensor_dicts for t in d.values() if t is not None]
-        self.array = _native_layers(layers, dtype, regime_name)
+        self.array = _native_layers(layers, final_norm, dtype, regime_name)
+        self.head_spec = _native_head(head, dtype, regime_name) if head is not None and self.array is not None \
+            else None
 
     def _state(self) -> tuple[list, list, list]:
         return ([module for d in self.module_dicts for module in d.values()],
@@ -826,31 +834,49 @@ class _BuiltLayers:
         return self.sequence is not None and self.sequence[0]() is cache and self.sequence[1] == cache.length
 
 
-def _native_layers(layers: nn.ModuleList, dtype: torch.dtype, regime_name: str) -> Optional[object]:
+def _native_layers(layers: nn.ModuleList, final_norm: nn.LayerNorm, dtype: torch.dtype, regime_name: str
+                   ) -> Optional[object]:
     """An array of native.c's `Layer`, one per decoder layer, or None unless every linear runs `native` in the regime
-    with `dtype` as its compute dtype, every tensor is contiguous on the CPU and the activation is GELU."""
+    with `dtype` as its compute dtype, every tensor (the final LayerNorm's too) is `dtype`, contiguous on the CPU,
+    every LayerNorm has the final one's eps and the activation is GELU."""
     norms, linears = [], []  # per layer: (attention LayerNorm, final LayerNorm); (q, k, v, out, fc1, fc2)
     for layer in layers:
-        if layer.activation is not F.gelu:
+        if (layer.activation is not F.gelu or layer.self_attn_layer_norm.eps != final_norm.eps
+                or layer.final_layer_norm.eps != final_norm.eps):
             return None
         attention = layer.self_attn
         norms.append((layer.self_attn_layer_norm, layer.final_layer_norm))
         linears.append((attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.fc1,
                         layer.fc2))
-    tensors = [t for pair in norms for norm in pair for t in (norm.weight, norm.bias)]
-    if any(t.dtype != dtype for t in tensors):
+    tensors = [t for pair in norms + [(final_norm,)] for norm in pair for t in (norm.weight, norm.bias)]
+    if any(t is None or t.dtype != dtype for t in tensors):
         return None
     for module in (module for group in linears for module in group):
-        quantized = isinstance(module, _QuantizedLinear)
-        if (getattr(module, "kernels", {}).get(regime_name) != "native"
-                or (module.compute_dtype if quantized else module.weight.dtype) != dtype):
-            return None
-        tensors += [module.weight, module.bias, module.scale_tensor() if quantized else None]
-    if any(t is not None and (t.device.type != "cpu" or not t.is_contiguous()) for t in tensors):
+        tensors += _native_tensors(module, dtype, regime_name) or [None]
+    if any(t is None or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None
     return native.layer_array([
         native.layer_spec(first.weight, first.bias, [_native_spec(m) for m in group[:4]], second.weight, second.bias,
                           [_native_spec(m) for m in group[4:]]) for (first, second), group in zip(norms, linears)])
+
+
+def _native_tensors(module: nn.Module, dtype: torch.dtype, regime_name: str) -> Optional[list[torch.Tensor]]:
+    """The tensors native.c reads for a linear layer, or None unless it runs `native` in the regime with `dtype` as
+    its compute dtype."""
+    quantized = isinstance(module, _QuantizedLinear)
+    if (getattr(module, "kernels", {}).get(regime_name) != "native"
+            or (module.compute_dtype if quantized else module.weight.dtype) != dtype):
+        return None
+    return [t for t in (module.weight, module.bias, module.scale_tensor() if quantized else None) if t is not None]
+
+
+def _native_head(head: nn.Module, dtype: torch.dtype, regime_name: str) -> Optional[object]:
+    """native.c's `Linear` for the output projection, or None where it does not run `native` in the regime (its
+    logits are then the module's)."""
+    tensors = _native_tensors(head, dtype, regime_name)
+    if tensors is None or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        return None
+    return _native_spec(head)
 
 
 def _native_spec(module: nn.Module) -> object:

@@ -277,10 +277,10 @@ class BioGptModel(BioGptPreTrainedModel):
 
     base_model_prefix = "biogpt"
     # Set by `kernels.apply_cpu_kernels` where our native CPU kernels run the decode products: a callable that
-    # computes a decode step's layers in one call, given (layers, hidden, mask, cache), or returns None for a step it
-    # does not take.
-    native_decoder: Optional[Callable[[nn.ModuleList, torch.Tensor, Optional[torch.Tensor], Optional[KVCache]],
-                                      Optional[torch.Tensor]]] = None
+    # computes a decode step's layers, the final LayerNorm and the output projection in one call, given (layers,
+    # hidden, mask, cache, final LayerNorm, projection or None), returning (the LayerNorm's output, the logits or None
+    # where it did not compute them), or None for a step it does not take.
+    native_decoder: Optional[Callable[..., Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]]] = None
 
     def __init__(self, config: BioGptConfig):
         super().__init__(config)
@@ -308,17 +308,19 @@ class BioGptModel(BioGptPreTrainedModel):
 
     def run_layers(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache],
                    head_mask: Optional[torch.Tensor] = None, output_attentions: bool = False,
-                   output_hidden_states: bool = False) -> tuple[torch.Tensor, Optional[list], Optional[list]]:
-        """The decoder blocks then the final LayerNorm: (last hidden state, every hidden state, every attention map).
+                   output_hidden_states: bool = False, projection: Optional[nn.Module] = None
+                   ) -> tuple[torch.Tensor, Optional[list], Optional[list], Optional[torch.Tensor]]:
+        """The decoder blocks then the final LayerNorm: (last hidden state, every hidden state, every attention map,
+        the logits of `projection` where the native decoder computed them in the same call, else None).
 
         `mask` is a boolean (batch, 1, q, k) "may attend" mask, or None for plain causal attention; the caller
         advances `cache` once every layer has written its keys and values.
         """
         if (self.native_decoder is not None and head_mask is None and not output_attentions
                 and not output_hidden_states and not self.training):
-            last = self.native_decoder(self.layers, hidden_states, mask, cache)
-            if last is not None:
-                return self.layer_norm(last), None, None
+            done = self.native_decoder(self.layers, hidden_states, mask, cache, self.layer_norm, projection)
+            if done is not None:
+                return done[0], None, None, done[1]
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for i, layer in enumerate(self.layers):
@@ -337,7 +339,7 @@ class BioGptModel(BioGptPreTrainedModel):
         hidden_states = self.layer_norm(hidden_states.to(self.layer_norm.weight.device))
         if all_hidden is not None:
             all_hidden.append(hidden_states)
-        return hidden_states, all_hidden, all_attentions
+        return hidden_states, all_hidden, all_attentions, None
 
     def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
@@ -345,6 +347,17 @@ class BioGptModel(BioGptPreTrainedModel):
                 position_ids: Optional[torch.LongTensor] = None, output_attentions: bool = False,
                 output_hidden_states: bool = False, return_dict: bool = True, **unused: Any
                 ) -> BaseModelOutputWithPast:
+        return self.run(input_ids, attention_mask, head_mask, inputs_embeds, past_key_values, use_cache, position_ids,
+                        output_attentions, output_hidden_states)[0]
+
+    def run(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
+            head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+            past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = None,
+            position_ids: Optional[torch.LongTensor] = None, output_attentions: bool = False,
+            output_hidden_states: bool = False, projection: Optional[nn.Module] = None
+            ) -> tuple[BaseModelOutputWithPast, Optional[torch.Tensor]]:
+        """`forward`'s output, and the logits of `projection` (the language model's output projection) where the
+        native decoder computed them with the layers in one call (a CPU decode step), else None."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -371,9 +384,9 @@ class BioGptModel(BioGptPreTrainedModel):
         cache = past_key_values if use_cache or past_key_values is not None else None
         mask = build_attention_mask(attention_mask, length, past + length, device)
         self._check_backend()
-        hidden_states, all_hidden, all_attentions = self.run_layers(
+        hidden_states, all_hidden, all_attentions, logits = self.run_layers(
             hidden_states, mask, cache, _per_layer_head_mask(head_mask, self.config), output_attentions,
-            output_hidden_states)
+            output_hidden_states, projection)
         if cache is not None:
             cache.advance(length)
         return BaseModelOutputWithPast(
@@ -381,7 +394,7 @@ class BioGptModel(BioGptPreTrainedModel):
             past_key_values=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
-        )
+        ), logits
 
 
 def _positions_from_mask(attention_mask: Optional[torch.Tensor], past: int, length: int,
@@ -429,14 +442,13 @@ class BioGptForCausalLM(GenerationMixin, BioGptPreTrainedModel):
                 output_attentions: bool = False, output_hidden_states: bool = False, return_dict: bool = True,
                 logits_to_keep: int = 0, **unused: Any) -> CausalLMOutputWithPast:
         """`labels` are the input ids (shifted inside); `logits_to_keep=k` computes logits for the last k only."""
-        out = self.biogpt(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                          inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=use_cache,
-                          position_ids=position_ids, output_attentions=output_attentions,
-                          output_hidden_states=output_hidden_states)
-        hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.output_projection(hidden.to(self.output_projection.weight.device))
+        out, logits = self.biogpt.run(input_ids, attention_mask, head_mask, inputs_embeds, past_key_values, use_cache,
+                                      position_ids, output_attentions, output_hidden_states, self.output_projection)
+        if logits is None:  # (a decode step's native call computes them with the layers: one position, kept)
+            hidden = out.last_hidden_state
+            if logits_to_keep:
+                hidden = hidden[:, -logits_to_keep:]
+            logits = self.output_projection(hidden.to(self.output_projection.weight.device))
         loss = None
         if labels is not None:
             shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)

@@ -350,9 +350,10 @@ static inline float finish(const Linear *L, int bf16, int act, int64_t n, float 
     return v;
 }
 
-/* finish for outputs n0 .. n1 - 1 of one row of y (the products' sums, in place). Once per product after its sums:
-   the erf of every GELU output one at a time cost 0.4 ms of a 20 ms decode step, 4 ms of an 8-row one. */
-static void epilogue(const Linear *L, int bf16, int act, float *y, int64_t n0, int64_t n1) {
+/* finish for outputs n0 .. n1 - 1 of one row of y (the products' sums, in place), and into yb as bfloat16 too
+   unless it is NULL. Once per product after its sums: the erf of every GELU output one at a time cost 0.4 ms of a
+   20 ms decode step, 4 ms of an 8-row one. */
+static void epilogue(const Linear *L, int bf16, int act, float *y, uint16_t *yb, int64_t n0, int64_t n1) {
     int64_t n = n0;
     for (; n + LANES <= n1; n += LANES) {
         vec v = vload(y + n);
@@ -364,8 +365,12 @@ static void epilogue(const Linear *L, int bf16, int act, float *y, int64_t n0, i
             if (bf16) v = vbf16_rounded(v);
         }
         vstore(y + n, v);
+        if (yb) vstore_bf16(yb + n, v);
     }
-    for (; n < n1; ++n) y[n] = finish(L, bf16, act, n, y[n]);
+    for (; n < n1; ++n) {
+        y[n] = finish(L, bf16, act, n, y[n]);
+        if (yb) yb[n] = bf16_round(y[n]);
+    }
 }
 
 /* The sums of output rows n .. n + NR - 1 (NR <= block_rows(M)) for every row of x (M rows, stride K) into y (M rows,
@@ -682,13 +687,14 @@ static void products(const Linear *L, const float *xf, uint16_t *xb, float *y, i
     }
 }
 
-/* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`); xb: room for M * K
-   bfloat16 values. Thread ith of nth computes its share of the rows; returns when all threads have finished. */
-static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, int bf16, int act, int64_t M,
-                   Team *team, int ith) {
+/* y (M, N) = xf (M, K) @ W^T + bias, then `act`, all float32 (bfloat16-rounded when `bf16`), and y as bfloat16 into
+   yb unless it is NULL; xb: room for M * K bfloat16 values. Thread ith of nth computes its share of the rows; returns
+   when all threads have finished. */
+static void linear(const Linear *L, const float *xf, uint16_t *xb, float *y, uint16_t *yb, int bf16, int act,
+                   int64_t M, Team *team, int ith) {
     int64_t n0, n1;
     products(L, xf, xb, y, bf16, M, team, ith, &n0, &n1);
-    for (int64_t m = 0; m < M; ++m) epilogue(L, bf16, act, y + m * L->N, n0, n1);
+    for (int64_t m = 0; m < M; ++m) epilogue(L, bf16, act, y + m * L->N, yb ? yb + m * L->N : NULL, n0, n1);
     barrier(team);
 }
 
@@ -709,7 +715,7 @@ typedef struct {
 
 static void linear_job(void *arg, Team *team, int ith) {
     const LinearJob *job = (const LinearJob *)arg;
-    linear(job->L, job->xf, job->xb, job->y, job->bf16, ACT_NONE, job->M, team, ith);
+    linear(job->L, job->xf, job->xb, job->y, NULL, job->bf16, ACT_NONE, job->M, team, ith);
 }
 
 /* y (M, N) = x (M, K) @ W^T + bias (the Linear `L`) on `threads` threads. Returns 0, 1 when out of memory, 2 for a
@@ -1113,6 +1119,10 @@ typedef struct {
     int bf16, act;
     int64_t rows, heads, head_dim, capacity, position, inner_size;
     float eps, scaling;
+    const void *norm_weight, *norm_bias; /* the final LayerNorm */
+    const Linear *projection;            /* the output projection, or NULL */
+    float *logits;                       /* (rows, projection->N) sums and results */
+    uint16_t *logits_bf16;               /* the results as bfloat16 (bfloat16 mode), else NULL */
     float *h, *normed, *q, *k, *v, *attended, *delta, *inner, *scores;
     uint16_t *xb;
 } DecodeJob;
@@ -1129,9 +1139,9 @@ static void decode_job(void *arg, Team *team, int ith) {
         for (int64_t r = begin; r < end; ++r)
             layer_norm(j->h + r * H, L->ln1_weight, L->ln1_bias, j->bf16, H, j->eps, j->normed + r * H);
         barrier(team);
-        linear(&L->q, j->normed, j->xb, j->q, j->bf16, ACT_NONE, rows, team, ith);
-        linear(&L->k, j->normed, j->xb, j->k, j->bf16, ACT_NONE, rows, team, ith);
-        linear(&L->v, j->normed, j->xb, j->v, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->q, j->normed, j->xb, j->q, NULL, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->k, j->normed, j->xb, j->k, NULL, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->v, j->normed, j->xb, j->v, NULL, j->bf16, ACT_NONE, rows, team, ith);
         for (int64_t task = first; task < last; ++task) {
             int64_t r = task / j->heads, head = task % j->heads;
             attend(head, j->q + r * H, j->k + r * H, j->v + r * H, (char *)j->keys[l] + r * row_cache,
@@ -1140,31 +1150,41 @@ static void decode_job(void *arg, Team *team, int ith) {
                    j->attended + r * H + head * j->head_dim);
         }
         barrier(team);
-        linear(&L->out, j->attended, j->xb, j->delta, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->out, j->attended, j->xb, j->delta, NULL, j->bf16, ACT_NONE, rows, team, ith);
         for (int64_t r = begin; r < end; ++r) {
             add_residual(j->h + r * H, j->delta + r * H, j->bf16, H);
             layer_norm(j->h + r * H, L->ln2_weight, L->ln2_bias, j->bf16, H, j->eps, j->normed + r * H);
         }
         barrier(team);
-        linear(&L->fc1, j->normed, j->xb, j->inner, j->bf16, j->act, rows, team, ith);
-        linear(&L->fc2, j->inner, j->xb, j->delta, j->bf16, ACT_NONE, rows, team, ith);
+        linear(&L->fc1, j->normed, j->xb, j->inner, NULL, j->bf16, j->act, rows, team, ith);
+        linear(&L->fc2, j->inner, j->xb, j->delta, NULL, j->bf16, ACT_NONE, rows, team, ith);
         for (int64_t r = begin; r < end; ++r) add_residual(j->h + r * H, j->delta + r * H, j->bf16, H);
         barrier(team);
     }
+    for (int64_t r = begin; r < end; ++r)
+        layer_norm(j->h + r * H, j->norm_weight, j->norm_bias, j->bf16, H, j->eps, j->normed + r * H);
+    barrier(team);
+    if (j->projection)
+        linear(j->projection, j->normed, j->xb, j->logits, j->logits_bf16, j->bf16, ACT_NONE, rows, team, ith);
 }
 
 /* Every decoder layer of a decode step for one new token in each of `rows` sequences, whose key/value caches hold
-   `position` earlier columns and have room for this one, on `threads` threads: hidden (rows, H) in, the last layer's
-   output (before the final LayerNorm) into out. keys[l] and values[l] are layer l's cache, (rows, heads, capacity,
-   head_dim) each. `may_attend` is NULL (every earlier key) or (rows, position + 1) flags, 1 where a row may attend a
-   key (its padding columns are 0; its own new key is 1). `act` is ACT_GELU (the only activation of BioGPT
-   checkpoints). Returns 0, 1 when out of memory, 2 for a Linear it cannot read, 3 when the cache has no room. */
+   `position` earlier columns and have room for this one, on `threads` threads, then the final LayerNorm (norm_weight,
+   norm_bias) and, unless `projection` is NULL, the output projection: hidden (rows, H) in, the final LayerNorm's
+   output into out, the projection's into logits (rows, projection->N). One call for the whole step: the head's 42k
+   rows alone were a second call, and the LayerNorm and the Python around them ~0.5 ms a step, all cache-cold after
+   the weights streamed by. keys[l] and values[l] are layer l's cache, (rows, heads, capacity, head_dim) each.
+   `may_attend` is NULL (every earlier key) or (rows, position + 1) flags, 1 where a row may attend a key (its padding
+   columns are 0; its own new key is 1). `act` is ACT_GELU (the only activation of BioGPT checkpoints). Returns 0, 1
+   when out of memory, 2 for a Linear it cannot read, 3 when the cache has no room. */
 int biogpt_decode_layers(const Layer *layers, int64_t n_layers, void *const *keys, void *const *values,
                          const void *hidden, void *out, const uint8_t *may_attend, int bf16, int64_t rows,
                          int64_t heads, int64_t head_dim, int64_t capacity, int64_t position, float eps,
-                         float scaling, int act, int threads) {
+                         float scaling, int act, const void *norm_weight, const void *norm_bias,
+                         const Linear *projection, void *logits, int threads) {
     const int64_t H = heads * head_dim, inner_size = n_layers ? layers[0].fc1.N : 0, T = position + 1;
     if (position < 0 || position >= capacity) return 3;
+    if (projection && check_linear(projection)) return 2;
     for (int64_t l = 0; l < n_layers; ++l) {
         const Linear *all[6] = {&layers[l].q, &layers[l].k, &layers[l].v, &layers[l].out, &layers[l].fc1,
                                 &layers[l].fc2};
@@ -1172,13 +1192,16 @@ int biogpt_decode_layers(const Layer *layers, int64_t n_layers, void *const *key
             if (check_linear(all[i])) return 2;
     }
     const int64_t widest = H > inner_size ? H : inner_size;
-    float *h = (float *)malloc((size_t)(rows * (7 * H + inner_size + heads * T)) * sizeof(float)
+    /* bfloat16 logits are summed in float32 first (float32 ones in place) */
+    const int64_t logit_sums = projection && bf16 ? rows * projection->N : 0;
+    float *h = (float *)malloc((size_t)(rows * (7 * H + inner_size + heads * T) + logit_sums) * sizeof(float)
                                + (size_t)(rows * widest) * sizeof(uint16_t));
     if (!h) return 1;
     DecodeJob job = {.layers = layers, .n_layers = n_layers, .keys = keys, .values = values, .may_attend = may_attend,
                      .bf16 = bf16, .act = act, .rows = rows, .heads = heads, .head_dim = head_dim,
                      .capacity = capacity, .position = position, .inner_size = inner_size, .eps = eps,
-                     .scaling = scaling, .h = h};
+                     .scaling = scaling, .norm_weight = norm_weight, .norm_bias = norm_bias, .projection = projection,
+                     .h = h};
     job.normed = h + rows * H;
     job.q = job.normed + rows * H;
     job.k = job.q + rows * H;
@@ -1187,10 +1210,12 @@ int biogpt_decode_layers(const Layer *layers, int64_t n_layers, void *const *key
     job.delta = job.attended + rows * H;
     job.inner = job.delta + rows * H;
     job.scores = job.inner + rows * inner_size;
-    job.xb = (uint16_t *)(job.scores + rows * heads * T);
+    job.logits = bf16 ? job.scores + rows * heads * T : (float *)logits;
+    job.logits_bf16 = bf16 ? (uint16_t *)logits : NULL;
+    job.xb = (uint16_t *)(job.scores + rows * heads * T + logit_sums);
     for (int64_t i = 0; i < rows * H; ++i) h[i] = value_at(hidden, bf16, i);
     run_parallel(decode_job, &job, threads);
-    for (int64_t i = 0; i < rows * H; ++i) store_at(out, bf16, i, h[i]);
+    for (int64_t i = 0; i < rows * H; ++i) store_at(out, bf16, i, job.normed[i]);
     free(h);
     return 0;
 }

@@ -137,7 +137,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.biogpt_linear.restype = ctypes.c_int
     library.biogpt_decode_layers.argtypes = [ctypes.POINTER(_Layer), size, pointer, pointer, pointer, pointer,
                                              pointer, ctypes.c_int, size, size, size, size, size, ctypes.c_float,
-                                             ctypes.c_float, ctypes.c_int, ctypes.c_int]
+                                             ctypes.c_float, ctypes.c_int, pointer, pointer, ctypes.POINTER(_Linear),
+                                             pointer, ctypes.c_int]
     library.biogpt_decode_layers.restype = ctypes.c_int
     library.biogpt_int4_dequantize_t.argtypes = [ctypes.POINTER(_Linear), pointer, ctypes.c_int, ctypes.c_int]
     library.biogpt_int4_dequantize_t.restype = ctypes.c_int
@@ -324,19 +325,24 @@ def layer_array(layers: list[_Layer]) -> ctypes.Array:
 
 
 def decode_layers(layers: ctypes.Array, keys: list[torch.Tensor], values: list[torch.Tensor], hidden: torch.Tensor,
-                  may_attend: Optional[torch.Tensor], heads: int, position: int, eps: float, scaling: float
-                  ) -> torch.Tensor:
-    """Every decoder layer of a decode step in one call: `hidden` (rows, H) in, the last layer's output out; `layers`
-    an array of `_Layer` (built by `kernels.NativeDecoder`), keys[l] / values[l] layer l's cache (rows, heads,
-    capacity, head_dim), written at `position`; `may_attend` None (every key) or (rows, position + 1) booleans. All
-    in one dtype (float32 or bfloat16), contiguous, on the CPU."""
+                  may_attend: Optional[torch.Tensor], heads: int, position: int, eps: float, scaling: float,
+                  norm_weight: torch.Tensor, norm_bias: torch.Tensor, projection: Optional[_Linear] = None
+                  ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A decode step in one call: every decoder layer, the final LayerNorm (`norm_weight`, `norm_bias`) and, when
+    given, the output projection (a `*_spec`). `hidden` (rows, H) in; (the final LayerNorm's output, the
+    projection's (rows, projection.N) or None) out. `layers` is an array of `_Layer` (built by
+    `kernels.NativeDecoder`), keys[l] / values[l] layer l's cache (rows, heads, capacity, head_dim), written at
+    `position`; `may_attend` None (every key) or (rows, position + 1) booleans. All in one dtype (float32 or
+    bfloat16), contiguous, on the CPU."""
     out = torch.empty_like(hidden)
+    logits = torch.empty(hidden.shape[0], projection.N, dtype=hidden.dtype) if projection is not None else None
     count = len(keys)
     key_pointers = (ctypes.c_void_p * count)(*(t.data_ptr() for t in keys))
     value_pointers = (ctypes.c_void_p * count)(*(t.data_ptr() for t in values))
     status = _library()[0].biogpt_decode_layers(
         layers, count, key_pointers, value_pointers, hidden.data_ptr(), out.data_ptr(), _pointer(may_attend),
         int(hidden.dtype == torch.bfloat16), hidden.shape[0], heads, hidden.shape[-1] // heads, keys[0].shape[-2],
-        position, eps, scaling, ACT_GELU, torch.get_num_threads())
-    _check(status, "decoder layers")
-    return out
+        position, eps, scaling, ACT_GELU, norm_weight.data_ptr(), norm_bias.data_ptr(),
+        ctypes.byref(projection) if projection is not None else None, _pointer(logits), torch.get_num_threads())
+    _check(status, "decode step")
+    return out, logits

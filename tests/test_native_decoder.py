@@ -175,13 +175,30 @@ def test_the_native_step_is_used_and_replaces_the_layer_loop(checkpoint, monkeyp
     model = _load(checkpoint, torch.bfloat16, None)
     for _, module in kernels.cpu_linears(model):  # a batch's decode steps follow batch_decode, not the prompts' kernel
         module.kernels = {**module.kernels, "batch": "aten"}
-    for layer in model.biogpt.layers:
-        monkeypatch.setattr(layer, "forward", lambda *a, **k: pytest.fail("a decode step ran the module code"))
+    # the layers, the final LayerNorm and the output projection all in the one native call
+    for module in [*model.biogpt.layers, model.biogpt.layer_norm, model.output_projection]:
+        monkeypatch.setattr(module, "forward", lambda *a, **k: pytest.fail("a decode step ran the module code"))
     with torch.inference_mode():
         cache = KVCache.for_model(model, rows, 4)
         cache.length = 1  # one earlier token (zeros in the cache): this is a decode step, not a prompt
-        model(torch.tensor([[5]] * rows), past_key_values=cache)
+        logits = model(torch.tensor([[5]] * rows), past_key_values=cache).logits
     assert cache.length == 2
+    assert logits.shape == (rows, 1, 96) and logits.dtype == torch.bfloat16
+
+
+def test_a_projection_without_the_native_kernel_is_the_modules_after_the_native_layers(checkpoint):
+    """The layers and the final LayerNorm natively, the output projection by its own (ATen) kernel: the same logits
+    as the module code."""
+    model = _load(checkpoint, torch.bfloat16, None)
+    model.output_projection.kernels = {**model.output_projection.kernels, "decode": "aten"}
+    original, results = model.biogpt.native_decoder, []
+    model.biogpt.native_decoder = lambda *args: results.append(original(*args)) or results[-1]
+    fused, _ = _decode(model, PROMPT, 6)
+    modules, _ = _decode(model, PROMPT, 6, fused=False)
+    steps = [r for r in results if r is not None]  # (the prompt is not a decode step: None)
+    assert len(steps) == 6 and all(logits is None for _, logits in steps)
+    assert (fused - modules).abs().max() <= 2 ** -7 * modules.abs().max()
+    assert torch.equal(fused.argmax(-1), modules.argmax(-1))
 
 
 def _step(model, cache, token=7):

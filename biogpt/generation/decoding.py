@@ -24,7 +24,7 @@ def static_decode_step(model: Any, tokens: torch.Tensor, position_ids: torch.Ten
     every step and no Python number changes, so CUDA graphs can capture it or torch.compile compile it once.
     """
     base = model.base_model
-    hidden, _, _ = base.run_layers(base.embed(position_ids, tokens), key_mask[:, None, None, :], cache)
+    hidden = base.run_layers(base.embed(position_ids, tokens), key_mask[:, None, None, :], cache)[0]
     return model.output_projection(hidden)[:, -1]
 
 
