@@ -147,19 +147,19 @@ def measure_pair(ours, ref, *, shape: str, kind: str, args, device: str = "cpu")
     result["same_greedy_tokens_b1"] = bool(torch.equal(tokens["ours"].cpu(), tokens["transformers"].cpu()))
     result["tokens_b1"] = {name: t[0].tolist() for name, t in tokens.items()}
 
-    bandwidth = BandwidthSamples()
+    bandwidth = BandwidthSamples(token_bytes(shape, kind), n) if kind in BITS else None
     for batch, ids in ((1, one), (8, eight)):
         if batch == 8 and args.skip_batch8:
             continue
         runs = {name: (lambda m=m: _greedy(m, ids, n)) for name, m in models.items()}
-        if batch == 1 and device == "cpu":  # the limit of batch-1 decoding, sampled between its runs
+        if batch == 1 and device == "cpu" and bandwidth:  # the limit of batch-1 decoding, sampled between its runs
             runs["bandwidth"] = bandwidth
         times = alternate(runs, args.repeats, sync)
         times.pop("bandwidth", None)
         result[f"decode_b{batch}_tok_s"] = {name: batch * n / median(ts) for name, ts in times.items()}
         result[f"decode_b{batch}_runs_s"] = times
-    if bandwidth.samples:
-        result["read_gbs_b1"] = bandwidth.median_gbs
+    if bandwidth and bandwidth.samples:
+        result["read_gbs_b1"], result["read_gbs_b1_peak"] = bandwidth.median_gbs, bandwidth.peak_median_gbs
     times = alternate({name: (lambda m=m: _forward_last(m, long_prompt)) for name, m in models.items()},
                       args.repeats, sync)
     result[f"prefill_{args.prefill_tokens}_s"] = {name: median(ts) for name, ts in times.items()}
@@ -371,9 +371,18 @@ def _ratio(d: dict, better_high: bool = True) -> Optional[float]:
         return None
 
 
+def token_bytes(shape: str, fmt: str) -> float:
+    """Bytes of weights a batch-1 decode step streams in format `fmt`."""
+    if fmt == "nf4":  # the head and embeddings stay in the compute dtype (float32)
+        s = SHAPES[shape]
+        head = s["vocab_size"] * s["hidden_size"]
+        return weight_bytes_per_token(shape, BITS["nf4"] / 8) + head * (4 - BITS["nf4"] / 8)
+    return weight_bytes_per_token(shape, BITS[fmt] / 8)
+
+
 def limit_tok_s(bandwidth_gbs: float, shape: str, fmt: str) -> float:
     """The memory-bandwidth limit of batch-1 decoding: read bandwidth / bytes of weights streamed per token."""
-    return bandwidth_gbs * 1e9 / weight_bytes_per_token(shape, BITS[fmt] / 8)
+    return bandwidth_gbs * 1e9 / token_bytes(shape, fmt)
 
 
 def _anchor_reason(shape: str) -> Optional[str]:
@@ -405,12 +414,7 @@ def measure_cpu_row(path: Path, shape: str, kind: str, args, bandwidth: dict) ->
     gc.collect()
     # The limit at the bandwidth sampled between this row's batch-1 runs (the start's figure when there is none).
     read_gbs = row.get("read_gbs_b1", bandwidth["read_gbs"])
-    ceiling = limit_tok_s(read_gbs, shape, kind)
-    if kind == "nf4":  # the head and embeddings stay in the compute dtype
-        s = SHAPES[shape]
-        extra = s["vocab_size"] * s["hidden_size"] * (4 - BITS["nf4"] / 8)
-        ceiling = read_gbs * 1e9 / (weight_bytes_per_token(shape, BITS["nf4"] / 8) + extra)
-    row["bandwidth_ceiling_tok_s"] = ceiling
+    ceiling = row["bandwidth_ceiling_tok_s"] = limit_tok_s(read_gbs, shape, kind)
     if args.anchor and kind in anchor.GGML_TYPES:
         reason = _anchor_reason(shape)
         if reason:
@@ -418,7 +422,8 @@ def measure_cpu_row(path: Path, shape: str, kind: str, args, bandwidth: dict) ->
         else:
             print(f"[bench] biogpt.cpp {anchor.GGML_TYPES[kind]}, alternated with ours ...", file=sys.stderr,
                   flush=True)
-            samples, seconds = BandwidthSamples(), _seconds_to_generate(ours, SHAPES[shape]["vocab_size"])
+            samples = BandwidthSamples(token_bytes(shape, kind), args.new_tokens)
+            seconds = _seconds_to_generate(ours, SHAPES[shape]["vocab_size"])
 
             def ours_run(prompt_tokens: int, new_tokens: int) -> float:
                 samples()  # the bandwidth of this side-by-side comparison, between its runs
@@ -426,7 +431,7 @@ def measure_cpu_row(path: Path, shape: str, kind: str, args, bandwidth: dict) ->
 
             ggml = anchor.measure(path, real_vocab_dir(shape), kind, args.threads, args.new_tokens, args.repeats,
                                   ours=ours_run)
-            ggml["read_gbs"] = samples.median_gbs
+            ggml["read_gbs"], ggml["read_gbs_peak"] = samples.median_gbs, samples.peak_median_gbs
             ggml["bandwidth_ceiling_tok_s"] = limit_tok_s(samples.median_gbs, shape, ggml["ggml_type"])
             ggml["ours_bandwidth_ceiling_tok_s"] = limit_tok_s(samples.median_gbs, shape, kind)
             row["ggml"] = ggml
@@ -542,6 +547,11 @@ def _fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _share(tok_s: float, limit: float, peak_limit: Optional[float]) -> str:
+    """tok/s as a share of the limit; in brackets, of the limit at the samples' fastest single reads."""
+    return f"{100 * tok_s / limit:.0f}%" + (f" ({100 * tok_s / peak_limit:.0f}%)" if peak_limit else "")
+
+
 def precision_summary(results: dict) -> list[list[str]]:
     """Rows of [precision, ours, transformers, biogpt.cpp, limit, ours % of limit, ggml % of its limit, ours/hf,
     ours/ggml]: batch-1 decode tok/s after the prompt."""
@@ -561,11 +571,14 @@ def precision_summary(results: dict) -> list[list[str]]:
                      ("skipped" if "skipped" in ggml else "-"))
         # ours beside biogpt.cpp is held to the bandwidth sampled between those runs (older results: the row's)
         limit = (beside and ggml.get("ours_bandwidth_ceiling_tok_s")) or row.get("bandwidth_ceiling_tok_s")
+        peak_gbs = ggml.get("read_gbs_peak") if beside and ggml.get("ours_bandwidth_ceiling_tok_s") \
+            else row.get("read_gbs_b1_peak")
         table.append([
             kind, _fmt(ours, ".1f"), f"{_fmt(hf, '.1f')} ({row.get('transformers_dtype', kind)})", ggml_cell,
             _fmt(beside, ".1f"), _fmt(limit, ".1f"),
-            f"{100 * (beside or ours) / limit:.0f}%" if ours else "-",
-            f"{100 * ggml_tok / ggml['bandwidth_ceiling_tok_s']:.0f}%" if ggml_tok else "-",
+            _share(beside or ours, limit, peak_gbs and limit_tok_s(peak_gbs, results["shape"], kind)) if ours else "-",
+            _share(ggml_tok, ggml["bandwidth_ceiling_tok_s"],
+                   peak_gbs and limit_tok_s(peak_gbs, results["shape"], ggml["ggml_type"])) if ggml_tok else "-",
             f"{ours / hf:.2f}x" if ours and hf else "-",
             f"{beside / ggml_tok:.2f}x" if beside and ggml_tok else "-"])
     return table
@@ -595,16 +608,22 @@ def _concurrency_lines(results: dict) -> list[str]:
 
 def _header(results: dict) -> str:
     m, bw = results["machine"], results["memory_bandwidth"]
-    during = [f"{name[4:]} {row['read_gbs_b1']:.1f}" for name, row in results["rows"].items()
-              if name.startswith("cpu-") and "read_gbs_b1" in row]
-    during += [f"{name[4:]} beside biogpt.cpp {row['ggml']['read_gbs']:.1f}" for name, row in results["rows"].items()
+    def gbs(sustained: float, peak: Optional[float]) -> str:
+        return f"{sustained:.1f}" + (f" ({peak:.1f})" if peak else "")
+
+    during = [f"{name[4:]} {gbs(row['read_gbs_b1'], row.get('read_gbs_b1_peak'))}"
+              for name, row in results["rows"].items() if name.startswith("cpu-") and "read_gbs_b1" in row]
+    during += [f"{name[4:]} beside biogpt.cpp {gbs(row['ggml']['read_gbs'], row['ggml'].get('read_gbs_peak'))}"
+               for name, row in results["rows"].items()
                if name.startswith("cpu-") and row.get("ggml", {}).get("read_gbs")]
     return (f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', []))}), {m.get('cores')} cores, "
             f"{m.get('ram_gib')} GiB RAM; torch {m.get('torch')} ({m.get('cpu_capability')}), transformers "
             f"{m.get('transformers')}, {m.get('torch_threads')} threads. Load average at start/end: "
             f"{m.get('loadavg_start')} / {m.get('loadavg_end')}. Measured read bandwidth {bw['read_gbs']:.1f} GB/s "
             f"(copy {bw['copy_gbs']:.1f} GB/s) at the start" + (
-                f"; between the batch-1 runs the limits are taken from (median GB/s): {', '.join(during)}."
+                f"; between the batch-1 runs the limits are taken from (median GB/s of reading a token's weights "
+                f"as many times as a run generates tokens; in brackets the median of each sample's fastest single "
+                f"read): {', '.join(during)}."
                 if during else "."))
 
 
@@ -646,7 +665,8 @@ def format_markdown(results: dict) -> str:
            "Batch-1 greedy decode after a 16-token prompt (tok/s; transformers runs bf16 in the int8/int4 rows, "
            "biogpt.cpp the same bits: f32, f16, q8_0, q4_0). The limit is read bandwidth / bytes of weights per "
            "token at ours' bits, the bandwidth sampled between the runs it bounds (ours beside biogpt.cpp: between "
-           "those).", "",
+           "those) by reading a token's weights as many times as a run generates tokens; in brackets the share of the "
+           "limit at each sample's fastest single read.", "",
            "| " + " | ".join(_SUMMARY_HEADER) + " |", "|" + "---|" * len(_SUMMARY_HEADER)]
     out += ["| " + " | ".join(cells) + " |" for cells in precision_summary(results)]
     out += ["", "| row | decode b1 ours / hf tok/s (x) | decode b8 ours / hf tok/s (x) | prefill 512 ours / hf s (x) "
