@@ -371,13 +371,17 @@ def _ratio(d: dict, better_high: bool = True) -> Optional[float]:
         return None
 
 
+# The output projection (tied to the token embeddings) stays in the compute dtype when ours quantizes, as
+# transformers leaves it (biogpt.cpp's q8_0 / q4_0 quantize it too): bytes of each of its weights.
+UNQUANTIZED_HEAD_BYTES = {"nf4": 4, "int8": 2, "int4": 2}
+
+
 def token_bytes(shape: str, fmt: str) -> float:
     """Bytes of weights a batch-1 decode step streams in format `fmt`."""
-    if fmt == "nf4":  # the head and embeddings stay in the compute dtype (float32)
-        s = SHAPES[shape]
-        head = s["vocab_size"] * s["hidden_size"]
-        return weight_bytes_per_token(shape, BITS["nf4"] / 8) + head * (4 - BITS["nf4"] / 8)
-    return weight_bytes_per_token(shape, BITS[fmt] / 8)
+    s = SHAPES[shape]
+    head = s["vocab_size"] * s["hidden_size"] * (UNQUANTIZED_HEAD_BYTES[fmt] - BITS[fmt] / 8) \
+        if fmt in UNQUANTIZED_HEAD_BYTES else 0
+    return weight_bytes_per_token(shape, BITS[fmt] / 8) + head
 
 
 def limit_tok_s(bandwidth_gbs: float, shape: str, fmt: str) -> float:

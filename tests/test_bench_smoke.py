@@ -57,3 +57,15 @@ def test_tiny_benchmark_writes_expected_rows_and_fields(tmp_path):
     markdown = subprocess.run([sys.executable, "-m", "bench.run", "--markdown", str(out)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
     assert markdown.returncode == 0 and "| int8 |" in markdown.stdout and "biogpt.cpp skipped" in markdown.stdout
+
+
+def test_the_limit_counts_the_bytes_each_format_streams_per_token():
+    """microsoft/biogpt: 24 layers of 4 x 1024^2 + 2 x 1024 x 4096 = 301,989,888 matrix weights, and the output
+    projection's 42,384 x 1024; ours keeps that projection in bf16 when it quantizes, biogpt.cpp quantizes it too."""
+    from bench.run import token_bytes
+
+    head = 42384 * 1024
+    assert token_bytes("biogpt", "bf16") == (301_989_888 + head) * 2 == 690_782_208
+    assert token_bytes("biogpt", "int8") == 301_989_888 * (1 + 2 / 1024) + head * 2 == 389_382_144
+    assert token_bytes("biogpt", "int4") == 301_989_888 * (0.5 + 4 / 64) + head * 2 == 256_671_744
+    assert token_bytes("biogpt", "q8_0") == (301_989_888 + head) * 8.5 / 8
