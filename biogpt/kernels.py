@@ -734,7 +734,8 @@ class NativeDecoder:
     where the projection's kernel is not `native`), or None for a step it does not compute, which then takes the
     module code: anything but one new token per row after a `KVCache` with room for it, several rows where the
     batch_decode regime is not `native`, autograd recording, torch.compile tracing, a layer whose decode kernel is
-    not `native`, an activation other than GELU. What the layer array was built from (`_BuiltLayers`: the modules,
+    not `native`, an activation other than GELU, forward hooks on a module it stands in for (or global ones: the
+    module code runs them). What the layer array was built from (`_BuiltLayers`: the modules, their hooks,
     their kernels, their tensors' addresses) is read back at the first step of every sequence, so a model moved,
     converted or re-quantized after loading is never computed from stale pointers. The steps that follow, one token
     at a time on the same cache, skip that check (0.4-0.5 ms of a 20 ms step): the array holds every tensor's
@@ -753,6 +754,7 @@ class NativeDecoder:
                  ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
         rows = hidden.shape[0]
         if (cache is None or hidden.shape[1] != 1 or torch.is_grad_enabled() or hidden.device.type != "cpu"
+                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
                 or torch.compiler.is_compiling() or getattr(cache, "index", None) is not None
                 or not hasattr(cache, "keys") or cache.batch_size != rows or cache.length >= cache.capacity):
             return None
@@ -810,19 +812,23 @@ class _BuiltLayers:
             modules += [layer.self_attn_layer_norm, attention.q_proj, attention.k_proj, attention.v_proj,
                         attention.out_proj, layer.final_layer_norm, layer.fc1, layer.fc2]
         self.attribute_dicts = [module.__dict__ for module in modules]
+        # the forward hooks of every module the call stands in for: a hooked one takes the module code, which runs them
+        stood_in = [layers, *layers, *(layer.self_attn for layer in layers), *modules]
+        self.hook_dicts = [d for module in stood_in for d in (module._forward_pre_hooks, module._forward_hooks)]
         # the dicts of the tensors the array reads (a buffer dict empty now holds none of them)
         self.tensor_dicts = [d for module in modules for d in (module._parameters, module._buffers) if d]
         self.state = self._state()
         # every tensor's memory, alive while the array points into it (whatever replaces the tensors meanwhile)
         self.storages = [t.untyped_storage() for d in self.tensor_dicts for t in d.values() if t is not None]
-        self.array = _native_layers(layers, final_norm, dtype, regime_name)
+        self.array = None if any(self.hook_dicts) else _native_layers(layers, final_norm, dtype, regime_name)
         self.head_spec = _native_head(head, dtype, regime_name) if head is not None and self.array is not None \
             else None
 
-    def _state(self) -> tuple[list, list, list]:
+    def _state(self) -> tuple[list, list, list, list]:
         return ([module for d in self.module_dicts for module in d.values()],
                 [d.get("kernels", CpuLinear.kernels).get(self.regime_name) for d in self.attribute_dicts],
-                [t.data_ptr() if t is not None else 0 for d in self.tensor_dicts for t in d.values()])
+                [t.data_ptr() if t is not None else 0 for d in self.tensor_dicts for t in d.values()],
+                [len(d) for d in self.hook_dicts])
 
     def current(self) -> bool:
         """Whether the layers are still what the array was built from."""

@@ -345,19 +345,10 @@ class BioGptModel(BioGptPreTrainedModel):
                 head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
                 past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = None,
                 position_ids: Optional[torch.LongTensor] = None, output_attentions: bool = False,
-                output_hidden_states: bool = False, return_dict: bool = True, **unused: Any
-                ) -> BaseModelOutputWithPast:
-        return self.run(input_ids, attention_mask, head_mask, inputs_embeds, past_key_values, use_cache, position_ids,
-                        output_attentions, output_hidden_states)[0]
-
-    def run(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
-            head_mask: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
-            past_key_values: Optional[KVCache] = None, use_cache: Optional[bool] = None,
-            position_ids: Optional[torch.LongTensor] = None, output_attentions: bool = False,
-            output_hidden_states: bool = False, projection: Optional[nn.Module] = None
-            ) -> tuple[BaseModelOutputWithPast, Optional[torch.Tensor]]:
-        """`forward`'s output, and the logits of `projection` (the language model's output projection) where the
-        native decoder computed them with the layers in one call (a CPU decode step), else None."""
+                output_hidden_states: bool = False, return_dict: bool = True,
+                projection: Optional[nn.Module] = None, **unused: Any) -> BaseModelOutputWithPast:
+        """`projection` (the language model's passes its output projection): the output's `logits` are its logits
+        where the native decoder computed them with the layers in one call (a CPU decode step), else None."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -394,7 +385,8 @@ class BioGptModel(BioGptPreTrainedModel):
             past_key_values=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
-        ), logits
+            logits=logits,
+        )
 
 
 def _positions_from_mask(attention_mask: Optional[torch.Tensor], past: int, length: int,
@@ -442,8 +434,11 @@ class BioGptForCausalLM(GenerationMixin, BioGptPreTrainedModel):
                 output_attentions: bool = False, output_hidden_states: bool = False, return_dict: bool = True,
                 logits_to_keep: int = 0, **unused: Any) -> CausalLMOutputWithPast:
         """`labels` are the input ids (shifted inside); `logits_to_keep=k` computes logits for the last k only."""
-        out, logits = self.biogpt.run(input_ids, attention_mask, head_mask, inputs_embeds, past_key_values, use_cache,
-                                      position_ids, output_attentions, output_hidden_states, self.output_projection)
+        out = self.biogpt(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                          inputs_embeds=inputs_embeds, past_key_values=past_key_values, use_cache=use_cache,
+                          position_ids=position_ids, output_attentions=output_attentions,
+                          output_hidden_states=output_hidden_states, projection=self.output_projection)
+        logits = out.logits
         if logits is None:  # (a decode step's native call computes them with the layers: one position, kept)
             hidden = out.last_hidden_state
             if logits_to_keep:

@@ -40,6 +40,9 @@ class BaseModelOutputWithPast(ModelOutput):
     past_key_values: Optional[KVCache] = None
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None
     attentions: Optional[tuple[torch.Tensor, ...]] = None
+    # only where the language model passed its output projection and a native decode step computed it (None
+    # otherwise, so it is not among the keys or the tuple a caller of the decoder sees)
+    logits: Optional[torch.Tensor] = None
 
 
 @dataclass

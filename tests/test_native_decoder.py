@@ -186,6 +186,21 @@ def test_the_native_step_is_used_and_replaces_the_layer_loop(checkpoint, monkeyp
     assert logits.shape == (rows, 1, 96) and logits.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("hooked", ["output_projection", "biogpt.layer_norm", "biogpt.layers.1.fc2"])
+def test_forward_hooks_run_at_every_decode_step(checkpoint, hooked):
+    """A forward hook on a module the native call stands in for (registered before a sequence starts) sees every
+    step, as in the module code, which then runs those steps (the same logits, bit for bit); a hook on the decoder
+    itself sees every forward."""
+    model = _load(checkpoint, torch.bfloat16, None)
+    expected, _ = _decode(model, PROMPT, 6, fused=False)
+    seen, calls = [], []
+    model.get_submodule(hooked).register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    model.biogpt.register_forward_hook(lambda module, args, output: calls.append(output.last_hidden_state.shape))
+    got, _ = _decode(model, PROMPT, 6)
+    assert len(seen) == len(calls) == 7  # the prompt and six steps
+    assert torch.equal(got, expected)
+
+
 def test_a_projection_without_the_native_kernel_is_the_modules_after_the_native_layers(checkpoint):
     """The layers and the final LayerNorm natively, the output projection by its own (ATen) kernel: the same logits
     as the module code."""
