@@ -858,8 +858,11 @@ def _native_layers(layers: nn.ModuleList, final_norm: nn.LayerNorm, dtype: torch
     if any(t is None or t.dtype != dtype for t in tensors):
         return None
     for module in (module for group in linears for module in group):
-        tensors += _native_tensors(module, dtype, regime_name) or [None]
-    if any(t is None or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        read = _native_tensors(module, dtype, regime_name)
+        if read is None:
+            return None
+        tensors += read
+    if any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None
     return native.layer_array([
         native.layer_spec(first.weight, first.bias, [_native_spec(m) for m in group[:4]], second.weight, second.bias,
